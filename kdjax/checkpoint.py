@@ -1,0 +1,196 @@
+"""Orbax checkpoints: training checkpoints (save, keep-N, async, resume), exports, teachers.
+
+Layout of a workdir:
+  <workdir>/checkpoints/<step>/state      TrainState (student, connectors, optimizer); no teacher
+  <workdir>/checkpoints/<step>/metadata   JSON: config, teacher source and hash, package versions
+An export (`python -m kdjax.export`) is a folder with `variables/` (student params and
+batch_stats only) and `kdjax_export.json`.
+
+A teacher checkpoint may be either of these two, and is checked against the teacher model's
+variable names and shapes before training starts.
+"""
+
+import hashlib
+import importlib.metadata
+import json
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from kdjax.errors import KdjaxError
+
+EXPORT_METADATA = 'kdjax_export.json'
+_PACKAGES = ('kdjax', 'jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint',
+             'tensorflow-datasets', 'ml-collections')
+
+
+def package_versions() -> dict:
+  versions = {}
+  for name in _PACKAGES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  return versions
+
+
+def tree_hash(tree) -> str:
+  """sha256 over (path, dtype, shape, bytes) of every leaf, in a fixed order."""
+  digest = hashlib.sha256()
+  for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(tree),
+                           key=lambda kv: jax.tree_util.keystr(kv[0])):
+    leaf = np.asarray(leaf)
+    digest.update(f'{jax.tree_util.keystr(path)}|{leaf.dtype}|{leaf.shape}|'.encode())
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  return digest.hexdigest()
+
+
+class Manager:
+  """Periodic async saves with keep-N, and resume from the latest step."""
+
+  def __init__(self, workdir, config):
+    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
+                                           enable_async_checkpointing=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=('state', 'metadata'))
+    self._config = config
+
+  def restore_or(self, state):
+    """Returns (restored state, its step), or (state, 0) when there is no checkpoint."""
+    step = self._manager.latest_step()
+    if step is None:
+      return state, 0
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    return restored.state, step
+
+  def save(self, step, state, setup):
+    metadata = {
+        'step': int(step),
+        'config': json.loads(self._config.to_json_best_effort()),
+        'student_model': self._config.student.model,
+        'num_classes': setup.info.num_classes,
+        'image_shape': list(setup.info.image_shape),
+        'teacher': setup.teacher_source,
+        'packages': package_versions(),
+    }
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(metadata)))
+
+  def close(self):
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def latest_metadata(workdir):
+  """(step, metadata dict) of the latest checkpoint in a workdir, or a KdjaxError."""
+  directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+  manager = ocp.CheckpointManager(directory, item_names=('state', 'metadata'))
+  step = manager.latest_step()
+  if step is None:
+    raise KdjaxError(f"no checkpoint in '{directory}'; train there first with python -m "
+                     'kdjax.main --workdir=... or point at another workdir')
+  meta = manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
+  return step, manager, meta.metadata
+
+
+def restore_student(workdir):
+  """(student variables, metadata) from the latest training checkpoint of `workdir`."""
+  step, manager, metadata = latest_metadata(workdir)
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  state = restored.state
+  variables = {'params': state['params']['student']}
+  if state['batch_stats']['student']:
+    variables['batch_stats'] = state['batch_stats']['student']
+  manager.close()
+  return jax.tree.map(np.asarray, variables), metadata
+
+
+def export(variables, metadata, output):
+  """Writes `variables` (student only) and its metadata to the folder `output`."""
+  output = os.path.abspath(output)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(output, 'variables'), variables, force=True)
+  checkpointer.wait_until_finished()
+  with open(os.path.join(output, EXPORT_METADATA), 'w') as f:
+    json.dump(metadata, f, indent=1)
+
+
+def load_exported(path):
+  """(variables, metadata) of an export folder."""
+  with open(os.path.join(path, EXPORT_METADATA)) as f:
+    metadata = json.load(f)
+  variables = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), 'variables'))
+  return jax.tree.map(np.asarray, variables), metadata
+
+
+def _abstract_variables(model, input_shape):
+  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False),
+                        jnp.zeros(input_shape, jnp.float32))
+
+
+def _check_fits(variables, model, input_shape, path):
+  """Raises a KdjaxError naming the first missing/unexpected/mis-shaped variables."""
+  def flat(tree):
+    return {jax.tree_util.keystr(p): tuple(np.shape(v))
+            for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+  want = flat(dict(_abstract_variables(model, input_shape)))
+  got = flat(dict(variables))
+  missing = [k for k in want if k not in got]
+  unexpected = [k for k in got if k not in want]
+  shapes = [f'{k} {got[k]} != {want[k]}' for k in want if k in got and got[k] != want[k]]
+  if missing or unexpected or shapes:
+    problems = []
+    if missing:
+      problems.append(f'missing {missing[:3]}')
+    if unexpected:
+      problems.append(f'unexpected {unexpected[:3]}')
+    if shapes:
+      problems.append(f'shape mismatch {shapes[:3]}')
+    raise KdjaxError(f"teacher.checkpoint '{path}' does not fit teacher.model "
+                     f'{type(model).__name__}: {"; ".join(problems)}; check teacher.model and '
+                     'the dataset (number of classes)')
+
+
+def load_teacher(path, model, input_shape, *, allow_random=False, seed=0):
+  """Loads frozen teacher variables as host arrays; returns (variables, source description).
+
+  `path` is a kdjax training workdir (its latest checkpoint's student) or an export folder.
+  An empty path gives a random teacher only when `allow_random` (the `:smoke` recipes).
+  """
+  if not path:
+    if not allow_random:
+      raise KdjaxError('teacher.checkpoint is empty: set --config.teacher.checkpoint to a kdjax '
+                       'workdir or export folder (only :smoke recipes may use a random teacher)')
+    logging.warning('SMOKE RUN: the teacher is RANDOMLY INITIALISED (no teacher.checkpoint); '
+                    'its numbers mean nothing.')
+    variables = jax.device_get(model.init(jax.random.key(seed + 1),
+                                          jnp.zeros(input_shape, jnp.float32), train=False))
+    return variables, {'source': 'random-init (smoke)', 'sha256': tree_hash(variables)}
+  if not os.path.exists(path):
+    raise KdjaxError(f"teacher.checkpoint '{path}' does not exist; point it at a kdjax workdir "
+                     'or export folder')
+  try:
+    if os.path.exists(os.path.join(path, EXPORT_METADATA)):
+      variables, _ = load_exported(path)
+    elif os.path.isdir(os.path.join(path, 'checkpoints')):
+      variables, _ = restore_student(path)
+    elif os.path.isfile(path):
+      raise KdjaxError(f"teacher.checkpoint '{path}' is a file; this version of kdjax reads "
+                       'kdjax workdirs and export folders (python -m kdjax.export)')
+    else:
+      raise KdjaxError(f"teacher.checkpoint '{path}' is neither a kdjax workdir (no "
+                       f'checkpoints/) nor an export folder (no {EXPORT_METADATA})')
+  except KdjaxError:
+    raise
+  except Exception as e:  # Orbax/tensorstore errors on unreadable or truncated files.
+    raise KdjaxError(f"teacher.checkpoint '{path}' could not be read ({type(e).__name__}: "
+                     f'{str(e).splitlines()[0][:200]}); re-export or re-train the teacher') from e
+  _check_fits(variables, model, input_shape, path)
+  return variables, {'source': os.path.abspath(path), 'sha256': tree_hash(variables)}

@@ -1,0 +1,67 @@
+"""The keys every recipe has (DESIGN.md §3.2), with defaults; recipes override values only.
+
+A recipe's `get_config(arg)` starts from `base_config()`, sets its values, declares its loss
+terms and returns `config` locked (`lock_config`), so a misspelt override fails instead of being
+silently ignored. `arg` is the text after ':' in `--config=configs/<recipe>.py:<arg>`; every
+recipe accepts `smoke`.
+"""
+
+import ml_collections
+
+from kdjax.errors import KdjaxError
+
+
+def base_config():
+  c = ml_collections.ConfigDict()
+  c.smoke = False              # tiny sizes, few steps; the only mode that may use a random teacher
+  c.dataset = 'uci_digits'     # TFDS name
+  c.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data dir; None = default
+  c.input = ml_collections.ConfigDict(dict(
+      train_split='train', eval_split='test',
+      image_size=8,
+      train_augment='none',         # none | crop | crop_flip | inception_crop_flip
+      crop_padding=4,               # crop, crop_flip: pad, then crop back (random shift)
+      eval_preprocess='none',       # none | resize_center_crop
+      eval_resize_size=256,
+      mean=(0.5,), std=(0.5,),      # per channel, on [0, 1] pixels
+      shuffle_buffer=10_000,
+      num_labeled=0,                # > 0: only examples with id < num_labeled keep their label
+      prefetch_batches=2,
+  ))
+  c.batch_size = 64             # global, over all devices and processes
+  c.eval_batch_size = 0         # 0 = batch_size
+  c.seed = 0
+  c.num_epochs = 1.0
+  c.num_train_steps = -1        # > 0 overrides num_epochs
+  c.log_every_steps = 50
+  c.eval_every_epochs = 1.0     # <= 0: only at the end
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 3
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name='sgd',                   # sgd | adamw
+      learning_rate=0.1,
+      lr_base_batch_size=0,         # > 0: lr = learning_rate * batch_size / lr_base_batch_size
+      momentum=0.9, nesterov=False,
+      weight_decay=0.0,
+      schedule='step',              # step | cosine | constant
+      decay_epochs=(), decay_factor=0.1,
+      warmup_epochs=0.0,
+      b1=0.9, b2=0.999, eps=1e-8,   # adamw
+  ))
+  c.student = ml_collections.ConfigDict(dict(model='', dtype='float32'))
+  c.teacher = ml_collections.ConfigDict(dict(model='', checkpoint='', dtype='float32'))
+  c.losses = ml_collections.ConfigDict()
+  return c
+
+
+def parse_arg(arg, allowed=('smoke',)):
+  """The recipe argument ('' or one of `allowed`), or a KdjaxError naming the valid ones."""
+  arg = arg or ''
+  if arg and arg not in allowed:
+    raise KdjaxError(f"unknown recipe argument '{arg}'; valid: {', '.join(allowed)}")
+  return arg
+
+
+def lock_config(c):
+  c.lock()
+  return c

@@ -1,0 +1,181 @@
+"""TFDS input pipelines: per-process shards, deterministic resumable training order, exact eval.
+
+Training: epoch `e` reads this process's shard of the train split with file order and shuffle
+seeded by (seed, e), assigns each example a stateless augmentation seed from (seed, e, position),
+decodes/augments/normalises, and batches with `drop_remainder` (every process runs the same
+number of steps). Resuming at step `s` skips the examples already consumed in the current epoch
+before decoding, so a resumed run sees exactly the batches an uninterrupted run would.
+
+Evaluation: every example of the eval split exactly once; the last batch is padded with
+`mask = 0` examples, and every process yields the same number of batches.
+
+Batches are dicts of numpy arrays: `image` float32 [b, H, W, C], `label` int32 [b] (-1 where a
+label is hidden), `id` int32 [b] where the dataset has one, and `mask` float32 [b] in eval.
+"""
+
+import dataclasses
+import math
+from typing import Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from kdjax.data import preprocess
+from kdjax.data import uci_digits  # noqa: F401  (registers the embedded TFDS dataset)
+from kdjax.errors import KdjaxError
+
+# Datasets whose data ships with kdjax: prepared on first use, no download involved.
+EMBEDDED_DATASETS = ('uci_digits',)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  num_classes: int
+  image_shape: tuple  # (H, W, C) after preprocessing
+  num_train: int      # examples in the train split (all processes)
+  num_eval: int       # examples in the eval split (all processes)
+
+
+def get_builder(config):
+  """The prepared TFDS builder for `config.dataset`, or a KdjaxError saying how to prepare it."""
+  try:
+    builder = tfds.builder(config.dataset, data_dir=config.data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise KdjaxError(f"unknown TFDS dataset '{config.dataset}' (dataset); use a name from "
+                     'tfds.list_builders() or uci_digits') from e
+  if config.dataset in EMBEDDED_DATASETS and not _is_prepared(builder):
+    builder.download_and_prepare()
+  if not _is_prepared(builder):
+    where = config.data_dir or tfds.core.constants.DATA_DIR
+    manual = ''
+    if config.dataset.startswith('imagenet2012'):
+      manual = (' For imagenet2012 put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in '
+                f'{where}/downloads/manual first.')
+    raise KdjaxError(f"dataset '{config.dataset}' is not prepared in data_dir '{where}' "
+                     f'(dataset, data_dir): run `tfds build {config.dataset} --data_dir={where}` '
+                     f'or point --config.data_dir at a folder that holds it.{manual}')
+  for split in (config.input.train_split, config.input.eval_split):
+    try:
+      builder.info.splits[split].num_examples
+    except (KeyError, ValueError) as e:
+      raise KdjaxError(f"split '{split}' not found in {config.dataset} (input.train_split / "
+                       f'input.eval_split); available: {", ".join(builder.info.splits)}') from e
+  return builder
+
+
+def _is_prepared(builder):
+  try:
+    return tf.io.gfile.exists(builder.data_path / 'dataset_info.json')
+  except AttributeError:
+    return tf.io.gfile.exists(builder.data_dir)
+
+
+def dataset_info(config, builder=None) -> DatasetInfo:
+  builder = builder or get_builder(config)
+  size = config.input.image_size
+  image_feature = builder.info.features['image']
+  channels = image_feature.shape[-1] or 3
+  num_classes = builder.info.features['label'].num_classes
+  return DatasetInfo(
+      num_classes=num_classes, image_shape=(size, size, channels),
+      num_train=builder.info.splits[config.input.train_split].num_examples,
+      num_eval=builder.info.splits[config.input.eval_split].num_examples)
+
+
+def steps_per_epoch(config, info: DatasetInfo) -> int:
+  """Optimizer steps per epoch: every process has the same shard size, remainders dropped."""
+  per_process = info.num_train // jax.process_count()
+  local_batch = config.batch_size // jax.process_count()
+  steps = per_process // local_batch
+  if steps == 0:
+    raise KdjaxError(f'batch_size {config.batch_size} is larger than the train split '
+                     f'({info.num_train} examples over {jax.process_count()} processes); '
+                     'lower --config.batch_size')
+  return steps
+
+
+def _decoders(config):
+  ops = (config.input.train_augment, config.input.eval_preprocess)
+  if preprocess.needs_encoded_images(*ops):
+    return {'image': tfds.decode.SkipDecoding()}
+  return None
+
+
+def _hide_labels(example, num_labeled):
+  """Few-label setting: keep the labels of the examples with id < num_labeled, -1 elsewhere."""
+  label = tf.cast(example['label'], tf.int32)
+  if num_labeled > 0:
+    label = tf.where(example['id'] < num_labeled, label, -1)
+  return label
+
+
+def train_batches(config, builder, *, start_step: int, local_batch_size: int,
+                  steps_per_epoch: int) -> Iterator[dict]:
+  """Yields this process's training batches from `start_step` on, forever (epoch after epoch)."""
+  inp = config.input
+  augment = preprocess.train_op(inp.train_augment, image_size=inp.image_size,
+                               crop_padding=inp.crop_padding)
+  split = tfds.split_for_jax_process(inp.train_split, drop_remainder=True)
+  has_id = 'id' in builder.info.features
+  if inp.num_labeled > 0 and not has_id:
+    raise KdjaxError(f"input.num_labeled needs an integer 'id' feature; {config.dataset} has none")
+
+  def prepare(index, example, epoch_seed):
+    seed = tf.stack([epoch_seed, tf.cast(index, tf.int64)])
+    image = preprocess.normalize(augment(example['image'], seed), inp.mean, inp.std)
+    out = {'image': image, 'label': _hide_labels(example, inp.num_labeled)}
+    if has_id:
+      out['id'] = tf.cast(example['id'], tf.int32)
+    return out
+
+  epoch, skip_batches = divmod(start_step, steps_per_epoch)
+  while True:
+    epoch_seed = config.seed * 1_000_003 + epoch
+    read_config = tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16,
+                                  skip_prefetch=True)
+    ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config,
+                            decoders=_decoders(config))
+    ds = ds.shuffle(inp.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+    ds = ds.enumerate().skip(skip_batches * local_batch_size)
+    ds = ds.map(lambda i, ex: prepare(i, ex, tf.constant(epoch_seed, tf.int64)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local_batch_size, drop_remainder=True)
+    ds = ds.take(steps_per_epoch - skip_batches).prefetch(inp.prefetch_batches)
+    yield from tfds.as_numpy(ds)
+    epoch, skip_batches = epoch + 1, 0
+
+
+def eval_batches(config, builder, *, local_batch_size: int) -> Iterator[dict]:
+  """Yields this process's eval batches, the same number on every process, padded and masked."""
+  inp = config.input
+  op = preprocess.eval_op(inp.eval_preprocess, image_size=inp.image_size,
+                          resize_size=inp.eval_resize_size)
+  total = builder.info.splits[inp.eval_split].num_examples
+  num_batches = math.ceil(math.ceil(total / jax.process_count()) / local_batch_size)
+  split = tfds.split_for_jax_process(inp.eval_split, drop_remainder=False)
+  ds = builder.as_dataset(split=split, shuffle_files=False, decoders=_decoders(config))
+  ds = ds.map(lambda ex: {'image': preprocess.normalize(op(ex['image']), inp.mean, inp.std),
+                          'label': tf.cast(ex['label'], tf.int32),
+                          'mask': tf.constant(1.0, tf.float32)},
+              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(local_batch_size).prefetch(inp.prefetch_batches)
+  n = 0
+  for batch in tfds.as_numpy(ds):
+    yield _pad(batch, local_batch_size)
+    n += 1
+  if n < num_batches:  # Processes with a smaller shard still join every collective step.
+    shape = (local_batch_size,) + tuple(ds.element_spec['image'].shape[1:])
+    empty = {'image': np.zeros(shape, np.float32), 'label': np.zeros(shape[:1], np.int32),
+             'mask': np.zeros(shape[:1], np.float32)}
+    for _ in range(num_batches - n):
+      yield empty
+
+
+def _pad(batch, size):
+  """Pads every array to `size` rows with zeros (mask 0)."""
+  pad = size - len(batch['mask'])
+  if pad == 0:
+    return batch
+  return {k: np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}

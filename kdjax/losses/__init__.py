@@ -1,0 +1,38 @@
+"""Pure distillation losses (DESIGN.md §3.1).
+
+Positional arrays, then keyword-only hyperparameters; each returns a float32 scalar reduced as
+the reference implementation reduces it (ALGORITHMS.md §1.3), without loss weight or warm-up.
+Logits [B, K]; labels int32 [B] (-1 = unlabeled); feature maps NHWC [B, H, W, C]; embeddings [B, D].
+"""
+
+from kdjax.losses.logits import cross_entropy
+from kdjax.losses.logits import dist
+from kdjax.losses.logits import dkd
+from kdjax.losses.logits import dkd_parts
+from kdjax.losses.logits import dml
+from kdjax.losses.logits import kd
+from kdjax.losses.logits import kl_divergence
+from kdjax.losses.logits import ofa
+from kdjax.losses.logits import skd
+from kdjax.losses.logits import wsl
+from kdjax.losses.features import afd
+from kdjax.losses.features import afd_attention
+from kdjax.losses.features import attention_transfer
+from kdjax.losses.features import crd
+from kdjax.losses.features import crd_nce
+from kdjax.losses.features import crd_normalization_constant
+from kdjax.losses.features import crd_scores
+from kdjax.losses.features import fitnet
+from kdjax.losses.features import hcl
+from kdjax.losses.features import mgd
+from kdjax.losses.features import mgd_mask
+from kdjax.losses.features import nst
+from kdjax.losses.features import ofd
+from kdjax.losses.features import ofd_margin
+from kdjax.losses.features import pefd
+from kdjax.losses.pooling import adaptive_avg_pool2d
+from kdjax.losses.pooling import nearest_resize
+from kdjax.losses.relations import cc
+from kdjax.losses.relations import pkt
+from kdjax.losses.relations import rkd
+from kdjax.losses.relations import similarity_preserving

@@ -1,0 +1,47 @@
+"""The model zoo: a name -> constructor registry.
+
+Every model is a Flax Linen module with ``__call__(x, train=False)`` returning float32
+logits ``[B, num_classes]`` from NHWC input, float32 params, an optional compute
+``dtype``, and ``tap_aliases()`` (friendly tap name -> Flax intermediates path).
+"""
+
+import jax.numpy as jnp
+
+from kdjax.errors import KdjaxError
+from kdjax.models import cifar_resnet, resnet, small
+
+MODELS = {
+    'resnet18': resnet.resnet18,
+    'resnet34': resnet.resnet34,
+    'resnet50': resnet.resnet50,
+    'resnet20': cifar_resnet.resnet20,
+    'resnet56': cifar_resnet.resnet56,
+    'resnet110': cifar_resnet.resnet110,
+    'resnet8x4': cifar_resnet.resnet8x4,
+    'resnet32x4': cifar_resnet.resnet32x4,
+    'digits_cnn': small.digits_cnn,
+    'mlp32': small.mlp32,
+    'cnn4': small.cnn4,
+}
+
+
+def model_names():
+  """The registered model names, sorted."""
+  return sorted(MODELS)
+
+
+def get_model(name, *, num_classes, dtype=jnp.float32, config_key='model'):
+  """Builds model ``name`` with ``num_classes`` outputs and compute ``dtype``.
+
+  ``config_key`` names the config entry the name came from (e.g. 'student.model'),
+  for the error message. Raises KdjaxError for an unknown name or a bad class count.
+  """
+  if name not in MODELS:
+    raise KdjaxError(
+        f'unknown model {name!r} ({config_key}); valid models: {", ".join(model_names())}'
+    )
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    raise KdjaxError(
+        f'num_classes must be a positive integer for model {name!r}, got {num_classes!r}'
+    )
+  return MODELS[name](num_classes=num_classes, dtype=dtype)

@@ -1,0 +1,104 @@
+"""CIFAR ResNets of mdistiller / RepDistiller in Flax Linen (NHWC).
+
+Mirrors ``mdistiller/models/cifar/resnet.py`` (BasicBlock variants): a 3x3 stem
+conv (pad 1, no bias) + BN + ReLU, three stages of ``n = (depth - 2) / 6`` basic
+blocks with strides 1, 2, 2, global average pooling and an fc layer. A stage's
+first block gets a 1x1 conv (stride s, no bias) + BN downsample when the stride is
+not 1 or the channel count changes. resnet20/56/110 use channels 16, 16, 32, 64
+(stem, stages); resnet8x4/32x4 use 32, 64, 128, 256.
+
+mdistiller pools with ``AvgPool2d(8)``, which equals the global average at 32x32
+input; we always take the global average. Names and taps follow ``resnet``: stem
+``conv1``/``bn1``, stages ``layer1..layer3``, blocks ``block0..``, classifier ``fc``.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from kdjax.models.resnet import (
+    BasicBlock,
+    Stage,
+    batch_norm,
+    classifier,
+    conv,
+    resnet_bn_before_relu,
+    resnet_tap_aliases,
+)
+
+
+class CifarResNet(nn.Module):
+  """mdistiller CIFAR ResNet (BasicBlock): 3x3 stem, three stages (strides 1, 2, 2), GAP, fc.
+
+  ``num_filters`` = (stem, stage1, stage2, stage3) channels; ``depth`` = 6n + 2.
+  """
+
+  depth: int
+  num_filters: Sequence[int]
+  num_classes: int = 100
+  dtype: Any = jnp.float32
+
+  @property
+  def stage_sizes(self):
+    """Blocks per stage: (depth - 2) / 6 in each of the three stages."""
+    if (self.depth - 2) % 6 != 0:
+      raise ValueError(f'CIFAR ResNet depth must be 6n + 2, got {self.depth}')
+    n = (self.depth - 2) // 6
+    return (n, n, n)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = conv(self.num_filters[0], 3, 1, 1, 'conv1', self.dtype)(x)
+    x = nn.relu(batch_norm(train, 'bn1', self.dtype)(x))
+    self.sow('intermediates', 'stem', x)
+    for i, n in enumerate(self.stage_sizes):
+      x = Stage(
+          BasicBlock,
+          features=self.num_filters[i + 1],
+          num_blocks=n,
+          strides=1 if i == 0 else 2,
+          dtype=self.dtype,
+          name=f'layer{i + 1}',
+      )(x, train)
+    x = jnp.mean(x, axis=(1, 2))
+    self.sow('intermediates', 'pooled', x)
+    x = classifier(x, self.num_classes, self.dtype)
+    return x.astype(jnp.float32)
+
+  def tap_aliases(self):
+    """Friendly tap names -> intermediates paths (ALGORITHMS.md §2.1 names, §2.3 taps)."""
+    return resnet_tap_aliases(self.stage_sizes)
+
+  def bn_before_relu(self, i):
+    """Params path of ``layer{i}[-1].bn2``, i in 1..3 (mdistiller ``get_bn_before_relu``)."""
+    return resnet_bn_before_relu(self.stage_sizes, BasicBlock, i)
+
+
+_SMALL = (16, 16, 32, 64)
+_WIDE = (32, 64, 128, 256)
+
+
+def resnet20(*, num_classes=100, dtype=jnp.float32):
+  """mdistiller resnet20: 3 blocks per stage, channels 16/16/32/64."""
+  return CifarResNet(20, _SMALL, num_classes=num_classes, dtype=dtype)
+
+
+def resnet56(*, num_classes=100, dtype=jnp.float32):
+  """mdistiller resnet56: 9 blocks per stage, channels 16/16/32/64."""
+  return CifarResNet(56, _SMALL, num_classes=num_classes, dtype=dtype)
+
+
+def resnet110(*, num_classes=100, dtype=jnp.float32):
+  """mdistiller resnet110: 18 blocks per stage, channels 16/16/32/64."""
+  return CifarResNet(110, _SMALL, num_classes=num_classes, dtype=dtype)
+
+
+def resnet8x4(*, num_classes=100, dtype=jnp.float32):
+  """mdistiller resnet8x4: 1 block per stage, channels 32/64/128/256."""
+  return CifarResNet(8, _WIDE, num_classes=num_classes, dtype=dtype)
+
+
+def resnet32x4(*, num_classes=100, dtype=jnp.float32):
+  """mdistiller resnet32x4: 5 blocks per stage, channels 32/64/128/256."""
+  return CifarResNet(32, _WIDE, num_classes=num_classes, dtype=dtype)

@@ -1,0 +1,223 @@
+"""torchvision-layout ResNet-18/34/50 in Flax Linen (NHWC).
+
+Mirrors ``torchvision.models.resnet`` (v1.5: a bottleneck block strides on its 3x3
+conv): the same layers, paddings, initialisation (ALGORITHMS.md §1.9) and BatchNorm
+settings (§1.10), and module names that follow torchvision's so a state dict maps
+one to one: torchvision ``layer1.0.conv1`` is our ``layer1/block0/conv1`` and
+``layer1.0.downsample.0/1`` is ``layer1/block0/downsample_conv/downsample_bn``.
+
+Taps (§2.1) come from Flax intermediates: every module's ``__call__`` output when
+captured, plus three sown values: ``stem`` (relu(bn1(conv1(x))), before the max
+pool), each block's ``preact`` (the value before its final ReLU) and ``pooled``
+(global average pool, ``[B, C]``). ``tap_aliases()`` maps friendly names to paths.
+
+The block, stage and init helpers here are shared with ``cifar_resnet`` and ``small``.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# kaiming_normal_(mode='fan_out', nonlinearity='relu'), untruncated (§1.9).
+conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+# PyTorch nn.Linear default weight: U(+-1/sqrt(fan_in)) (§1.9).
+linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+def torch_bias_init(fan_in):
+  """PyTorch's default nn.Linear / nn.Conv2d bias init, U(+-1/sqrt(fan_in))."""
+  bound = 1.0 / float(fan_in) ** 0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def conv(features, kernel, strides, padding, name, dtype):
+  """A bias-free conv with PyTorch's explicit symmetric padding and kaiming fan_out init."""
+  return nn.Conv(
+      features,
+      (kernel, kernel),
+      strides=(strides, strides),
+      padding=((padding, padding), (padding, padding)),
+      use_bias=False,
+      kernel_init=conv_kernel_init,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      name=name,
+  )
+
+
+def batch_norm(train, name, dtype):
+  """BatchNorm with PyTorch's defaults: momentum 0.1 (Flax 0.9), eps 1e-5, scale 1, bias 0."""
+  return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      name=name,
+  )
+
+
+def classifier(x, num_classes, dtype, name='fc'):
+  """The final nn.Linear, with PyTorch's default weight and bias init."""
+  return nn.Dense(
+      num_classes,
+      kernel_init=linear_kernel_init,
+      bias_init=torch_bias_init(x.shape[-1]),
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      name=name,
+  )(x)
+
+
+class BasicBlock(nn.Module):
+  """torchvision BasicBlock: two 3x3 convs, the first strided; identity or 1x1 downsample."""
+
+  features: int
+  strides: int = 1
+  dtype: Any = jnp.float32
+
+  expansion = 1
+  last_bn = 'bn2'
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    identity = x
+    y = conv(self.features, 3, self.strides, 1, 'conv1', self.dtype)(x)
+    y = nn.relu(batch_norm(train, 'bn1', self.dtype)(y))
+    y = conv(self.features, 3, 1, 1, 'conv2', self.dtype)(y)
+    y = batch_norm(train, 'bn2', self.dtype)(y)
+    if self.strides != 1 or x.shape[-1] != self.features:
+      identity = conv(self.features, 1, self.strides, 0, 'downsample_conv', self.dtype)(x)
+      identity = batch_norm(train, 'downsample_bn', self.dtype)(identity)
+    y = y + identity
+    self.sow('intermediates', 'preact', y)
+    return nn.relu(y)
+
+
+class Bottleneck(nn.Module):
+  """torchvision v1.5 Bottleneck: 1x1, strided 3x3, 1x1 (4x wider); identity or 1x1 downsample."""
+
+  features: int
+  strides: int = 1
+  dtype: Any = jnp.float32
+
+  expansion = 4
+  last_bn = 'bn3'
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    out_features = self.features * self.expansion
+    identity = x
+    y = conv(self.features, 1, 1, 0, 'conv1', self.dtype)(x)
+    y = nn.relu(batch_norm(train, 'bn1', self.dtype)(y))
+    y = conv(self.features, 3, self.strides, 1, 'conv2', self.dtype)(y)
+    y = nn.relu(batch_norm(train, 'bn2', self.dtype)(y))
+    y = conv(out_features, 1, 1, 0, 'conv3', self.dtype)(y)
+    y = batch_norm(train, 'bn3', self.dtype)(y)
+    if self.strides != 1 or x.shape[-1] != out_features:
+      identity = conv(out_features, 1, self.strides, 0, 'downsample_conv', self.dtype)(x)
+      identity = batch_norm(train, 'downsample_bn', self.dtype)(identity)
+    y = y + identity
+    self.sow('intermediates', 'preact', y)
+    return nn.relu(y)
+
+
+class Stage(nn.Module):
+  """One ResNet stage (torchvision ``layerN``): ``num_blocks`` blocks, the first one strided.
+
+  Returns the post-ReLU output of its last block.
+  """
+
+  block: Any
+  features: int
+  num_blocks: int
+  strides: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    for j in range(self.num_blocks):
+      strides = self.strides if j == 0 else 1
+      block = self.block(self.features, strides=strides, dtype=self.dtype, name=f'block{j}')
+      x = block(x, train)
+    return x
+
+
+def resnet_tap_aliases(stage_sizes):
+  """Friendly tap names (§2.1) -> intermediates paths, for stages of the given depths."""
+  aliases = {'stem': 'stem'}
+  j = 0
+  for i, n in enumerate(stage_sizes, start=1):
+    aliases[f'layer{i}'] = f'layer{i}'
+    aliases[f'layer{i}_pre'] = f'layer{i}/block{n - 1}/preact'
+    for k in range(n):
+      aliases[f'block{j}'] = f'layer{i}/block{k}'
+      j += 1
+  aliases['pooled'] = 'pooled'
+  aliases['logits'] = 'fc'
+  return aliases
+
+
+def resnet_bn_before_relu(stage_sizes, block, i):
+  """Params path of the BN before the final ReLU of stage ``i``'s (1-based) last block."""
+  if not 1 <= i <= len(stage_sizes):
+    raise ValueError(f'stage index {i} out of range 1..{len(stage_sizes)}')
+  return f'layer{i}/block{stage_sizes[i - 1] - 1}/{block.last_bn}'
+
+
+class ResNet(nn.Module):
+  """torchvision ImageNet ResNet: 7x7/2 stem + 3x3/2 max pool, four stages, GAP, fc."""
+
+  stage_sizes: Sequence[int]
+  block: Any
+  num_classes: int = 1000
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = conv(64, 7, 2, 3, 'conv1', self.dtype)(x)
+    x = nn.relu(batch_norm(train, 'bn1', self.dtype)(x))
+    self.sow('intermediates', 'stem', x)
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for i, n in enumerate(self.stage_sizes):
+      x = Stage(
+          self.block,
+          features=64 * 2**i,
+          num_blocks=n,
+          strides=1 if i == 0 else 2,
+          dtype=self.dtype,
+          name=f'layer{i + 1}',
+      )(x, train)
+    x = jnp.mean(x, axis=(1, 2))
+    self.sow('intermediates', 'pooled', x)
+    x = classifier(x, self.num_classes, self.dtype)
+    return x.astype(jnp.float32)
+
+  def tap_aliases(self):
+    """Friendly tap names -> intermediates paths (ALGORITHMS.md §2.1)."""
+    return resnet_tap_aliases(self.stage_sizes)
+
+  def bn_before_relu(self, i):
+    """Params path of ``layer{i}[-1].bn2`` (``bn3`` for bottlenecks), i in 1..4."""
+    return resnet_bn_before_relu(self.stage_sizes, self.block, i)
+
+
+def resnet18(*, num_classes=1000, dtype=jnp.float32):
+  """ResNet-18 (BasicBlock, [2, 2, 2, 2]); 11,689,512 params at 1000 classes."""
+  return ResNet((2, 2, 2, 2), BasicBlock, num_classes=num_classes, dtype=dtype)
+
+
+def resnet34(*, num_classes=1000, dtype=jnp.float32):
+  """ResNet-34 (BasicBlock, [3, 4, 6, 3]); 21,797,672 params at 1000 classes."""
+  return ResNet((3, 4, 6, 3), BasicBlock, num_classes=num_classes, dtype=dtype)
+
+
+def resnet50(*, num_classes=1000, dtype=jnp.float32):
+  """ResNet-50 (Bottleneck v1.5, [3, 4, 6, 3]); 25,557,032 params at 1000 classes."""
+  return ResNet((3, 4, 6, 3), Bottleneck, num_classes=num_classes, dtype=dtype)

@@ -1,0 +1,117 @@
+"""Tiny models for the embedded 8x8x1 handwritten-digits data set (10 classes).
+
+``digits_cnn`` is the teacher (a two-conv BN CNN, 19.6k params); ``mlp32`` and
+``cnn4`` are deliberately weak students (about 2.4k and 0.8k params). Convs use the
+kaiming fan_out init of the ResNets and explicit PyTorch-style padding; dense layers
+use PyTorch's nn.Linear default init (ALGORITHMS.md §1.9). Each model sows
+``pooled``, the feature that feeds its classifier ``fc``.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from kdjax.models.resnet import (
+    batch_norm,
+    classifier,
+    conv,
+    conv_kernel_init,
+    linear_kernel_init,
+    torch_bias_init,
+)
+
+_SMALL_ALIASES = {'pooled': 'pooled', 'logits': 'fc'}
+
+
+class DigitsCNN(nn.Module):
+  """Teacher: 3x3 conv 32, 3x3/2 conv 64 (each + BN + ReLU), GAP, fc (~99% on digits)."""
+
+  num_classes: int = 10
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    for i, (features, strides) in enumerate(((32, 1), (64, 2)), start=1):
+      x = conv(features, 3, strides, 1, f'conv{i}', self.dtype)(x)
+      x = nn.relu(batch_norm(train, f'bn{i}', self.dtype)(x))
+    x = jnp.mean(x, axis=(1, 2))
+    self.sow('intermediates', 'pooled', x)
+    x = classifier(x, self.num_classes, self.dtype)
+    return x.astype(jnp.float32)
+
+  def tap_aliases(self):
+    """Friendly tap names -> intermediates paths."""
+    return dict(_SMALL_ALIASES)
+
+
+class MLP32(nn.Module):
+  """Student: flatten, Dense 32, ReLU, Dense ``num_classes``."""
+
+  num_classes: int = 10
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.reshape((x.shape[0], -1))
+    x = nn.Dense(
+        32,
+        kernel_init=linear_kernel_init,
+        bias_init=torch_bias_init(x.shape[-1]),
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        name='fc1',
+    )(x)
+    x = nn.relu(x)
+    self.sow('intermediates', 'pooled', x)
+    x = classifier(x, self.num_classes, self.dtype)
+    return x.astype(jnp.float32)
+
+  def tap_aliases(self):
+    """Friendly tap names -> intermediates paths."""
+    return dict(_SMALL_ALIASES)
+
+
+class CNN4(nn.Module):
+  """Student: 3x3 conv 4 + ReLU, 3x3/2 conv 4 + ReLU (both with bias, no BN), flatten, fc."""
+
+  num_classes: int = 10
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    for i, strides in enumerate((1, 2), start=1):
+      x = nn.Conv(
+          4,
+          (3, 3),
+          strides=(strides, strides),
+          padding=((1, 1), (1, 1)),
+          kernel_init=conv_kernel_init,
+          dtype=self.dtype,
+          param_dtype=jnp.float32,
+          name=f'conv{i}',
+      )(x)
+      x = nn.relu(x)
+    x = x.reshape((x.shape[0], -1))
+    self.sow('intermediates', 'pooled', x)
+    x = classifier(x, self.num_classes, self.dtype)
+    return x.astype(jnp.float32)
+
+  def tap_aliases(self):
+    """Friendly tap names -> intermediates paths."""
+    return dict(_SMALL_ALIASES)
+
+
+def digits_cnn(*, num_classes=10, dtype=jnp.float32):
+  """The digits teacher CNN."""
+  return DigitsCNN(num_classes=num_classes, dtype=dtype)
+
+
+def mlp32(*, num_classes=10, dtype=jnp.float32):
+  """The 64-32-10 MLP student."""
+  return MLP32(num_classes=num_classes, dtype=dtype)
+
+
+def cnn4(*, num_classes=10, dtype=jnp.float32):
+  """The 4-channel CNN student."""
+  return CNN4(num_classes=num_classes, dtype=dtype)

@@ -1,0 +1,64 @@
+"""Building blocks shared by the recipe files in configs/ (data and optimizer presets).
+
+Recipes stay one readable file each; what several of them repeat word for word lives here.
+"""
+
+import os
+
+import kdjax
+from kdjax import config_base
+
+CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
+CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+
+# The digits teacher that ships with the package (trained by configs/digits_teacher.py).
+DIGITS_TEACHER = os.path.join(os.path.dirname(kdjax.__file__), 'assets', 'digits_teacher')
+
+
+def cifar100_mdistiller(arg):
+  """mdistiller's CIFAR-100 recipe: SGD 0.05 momentum 0.9, batch 64, 240 epochs, decay x0.1 at
+  150/180/210, weight decay 5e-4, random crop (pad 4) + flip. `smoke`: 8 steps of batch 8."""
+  arg = config_base.parse_arg(arg)
+  c = config_base.base_config()
+  c.dataset = 'cifar100'
+  c.input.update(train_split='train', eval_split='test', image_size=32,
+                 train_augment='crop_flip', mean=CIFAR100_MEAN, std=CIFAR100_STD,
+                 shuffle_buffer=50_000)
+  c.batch_size = 64
+  c.eval_batch_size = 500
+  c.num_epochs = 240
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 5000
+  c.optimizer.update(name='sgd', learning_rate=0.05, momentum=0.9, weight_decay=5e-4,
+                     schedule='step', decay_epochs=(150, 180, 210), decay_factor=0.1)
+  if arg == 'smoke':
+    c.smoke = True
+    c.batch_size = 8
+    c.eval_batch_size = 8
+    c.num_train_steps = 8
+    c.log_every_steps = 2
+    c.checkpoint_every_steps = 4
+    c.input.shuffle_buffer = 64
+  return c
+
+
+def digits(arg, *, allowed=('smoke',)):
+  """The embedded 8x8 digits (1,200 train / 597 held-out): Adam 1e-3, batch 64, 1,500 steps."""
+  arg = config_base.parse_arg(arg, allowed=allowed)
+  c = config_base.base_config()
+  c.dataset = 'uci_digits'
+  c.input.update(image_size=8, mean=(0.3,), std=(0.4,), shuffle_buffer=1200)
+  c.batch_size = 64
+  c.eval_batch_size = 600
+  c.num_train_steps = 1500
+  c.log_every_steps = 250
+  c.eval_every_epochs = 0
+  c.checkpoint_every_steps = 750
+  c.keep_checkpoints = 1
+  c.optimizer.update(name='adamw', learning_rate=1e-3, weight_decay=0.0, schedule='constant')
+  if arg == 'smoke':
+    c.smoke = True
+    c.num_train_steps = 20
+    c.log_every_steps = 5
+    c.checkpoint_every_steps = 10
+  return c, arg

@@ -1,0 +1,366 @@
+"""The trainer: train state, one jit train step sharded over a device mesh, exact eval, the loop.
+
+Read top to bottom:
+  1. Mesh and sharding        one 'data' axis over every device of every process
+  2. Models and variables     student (trainable), teacher (frozen, loaded, never saved)
+  3. Optimizer                optax SGD / AdamW with step or cosine schedules and warm-up
+  4. Train step               teacher forward -> student forward -> loss terms -> update
+  5. Eval step                top-1 / top-5 (+ teacher agreement and KL) over masked batches
+  6. The loop                 resume, train, log, evaluate, checkpoint
+
+Everything here is importable from a notebook: `train_and_evaluate(config, workdir)`.
+"""
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from kdjax import checkpoint
+from kdjax import losses
+from kdjax import methods
+from kdjax import metrics as metrics_lib
+from kdjax import models
+from kdjax import taps as taps_lib
+from kdjax.data import input_pipeline
+from kdjax.errors import KdjaxError
+
+# --------------------------------------------------------------------------------------------
+# 1. Mesh and sharding
+# --------------------------------------------------------------------------------------------
+
+
+def make_mesh():
+  """A 1-D mesh named 'data' over all devices (all processes).
+
+  Axis type Auto on purpose: the step is pure data parallelism, the batch is the only sharded
+  array, and XLA's propagation inserts the gradient and BatchNorm all-reduces.
+  """
+  return jax.make_mesh((jax.device_count(),), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh):
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def batch_sharded(mesh):
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
+
+
+def global_batch(local_batch: dict, mesh) -> dict:
+  """Assembles global arrays from each process's local numpy batch."""
+  sharding = batch_sharded(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Models and variables
+# --------------------------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that is trained and checkpointed. The teacher is not in here."""
+  step: jax.Array
+  params: Any        # {'student': ...}; methods with connectors add {'connectors': ...}
+  batch_stats: Any   # {'student': ...}
+  opt_state: Any
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything built and validated from a config before anything is written."""
+  config: Any
+  info: input_pipeline.DatasetInfo
+  builder: Any
+  steps_per_epoch: int
+  total_steps: int
+  terms: list
+  student: Any
+  teacher: Any               # None when no term reads a teacher
+  teacher_variables: Any     # host arrays, or None
+  teacher_source: dict
+  student_taps: list
+  teacher_taps: list
+  tx: Any
+  schedule: Any
+
+
+def _dtype(name):
+  return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
+
+
+def _check_config(config):
+  if config.batch_size <= 0:
+    raise KdjaxError(f'batch_size must be a positive multiple of the device count '
+                     f'({jax.device_count()}), got {config.batch_size}; set --config.batch_size')
+  for key in ('batch_size', 'eval_batch_size'):
+    value = config[key] if config[key] > 0 else config.batch_size
+    if value % jax.device_count():
+      raise KdjaxError(f'{key}={value} is not divisible by the {jax.device_count()} devices; '
+                       f'set --config.{key} to a multiple of {jax.device_count()}')
+  if config.num_epochs <= 0 and config.num_train_steps <= 0:
+    raise KdjaxError('set num_epochs or num_train_steps to a positive number')
+
+
+def build(config) -> Setup:
+  """Validates the config against data, models, taps and the teacher. Writes nothing."""
+  _check_config(config)
+  terms = methods.build_terms(config.losses)
+  builder = input_pipeline.get_builder(config)
+  info = input_pipeline.dataset_info(config, builder)
+  spe = input_pipeline.steps_per_epoch(config, info)
+  total = (config.num_train_steps if config.num_train_steps > 0
+           else math.ceil(config.num_epochs * spe))
+  input_shape = (1,) + info.image_shape
+
+  student = models.get_model(config.student.model, num_classes=info.num_classes,
+                             dtype=_dtype(config.student.dtype), config_key='student.model')
+  student_taps = methods.taps(terms, 'student')
+  taps_lib.check(student, student_taps, input_shape, where='student')
+
+  teacher = teacher_variables = None
+  teacher_taps, source = [], {}
+  if methods.needs_teacher(terms):
+    if not config.teacher.model:
+      raise KdjaxError('the losses read a teacher but teacher.model is empty; set '
+                       '--config.teacher.model (and teacher.checkpoint)')
+    teacher = models.get_model(config.teacher.model, num_classes=info.num_classes,
+                               dtype=_dtype(config.teacher.dtype), config_key='teacher.model')
+    teacher_taps = methods.taps(terms, 'teacher')
+    taps_lib.check(teacher, teacher_taps, input_shape, where='teacher')
+    teacher_variables, source = checkpoint.load_teacher(
+        config.teacher.checkpoint, teacher, input_shape, allow_random=config.smoke,
+        seed=config.seed)
+  tx, schedule = make_optimizer(config.optimizer, batch_size=config.batch_size,
+                                steps_per_epoch=spe, total_steps=total)
+  return Setup(config=config, info=info, builder=builder, steps_per_epoch=spe,
+               total_steps=total, terms=terms, student=student, teacher=teacher,
+               teacher_variables=teacher_variables, teacher_source=source,
+               student_taps=student_taps, teacher_taps=teacher_taps, tx=tx, schedule=schedule)
+
+
+def init_state(setup: Setup, rng) -> TrainState:
+  """Random student variables and a fresh optimizer state (run under jit for sharding)."""
+  x = jnp.zeros((1,) + setup.info.image_shape, jnp.float32)
+  variables = setup.student.init(rng, x, train=False)
+  params = {'student': variables['params']}
+  batch_stats = {'student': variables.get('batch_stats', {})}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=setup.tx.init(params))
+
+
+# --------------------------------------------------------------------------------------------
+# 3. Optimizer
+# --------------------------------------------------------------------------------------------
+
+
+def learning_rate_schedule(cfg, *, batch_size, steps_per_epoch, total_steps):
+  """Base LR (scaled by batch_size / lr_base_batch_size if set), warm-up, then step or cosine."""
+  base = cfg.learning_rate
+  if cfg.lr_base_batch_size > 0:
+    base *= batch_size / cfg.lr_base_batch_size
+  warmup = round(cfg.warmup_epochs * steps_per_epoch)
+  if cfg.schedule == 'step':
+    boundaries = {round(e * steps_per_epoch): cfg.decay_factor for e in cfg.decay_epochs}
+    main = optax.piecewise_constant_schedule(base, boundaries)
+    return (optax.join_schedules([optax.linear_schedule(0.0, base, warmup), main], [warmup])
+            if warmup else main)
+  if cfg.schedule == 'cosine':
+    return optax.warmup_cosine_decay_schedule(0.0, base, warmup, max(total_steps, warmup + 1))
+  if cfg.schedule == 'constant':
+    return (optax.join_schedules([optax.linear_schedule(0.0, base, warmup),
+                                  optax.constant_schedule(base)], [warmup])
+            if warmup else optax.constant_schedule(base))
+  raise KdjaxError(f"unknown optimizer.schedule '{cfg.schedule}'; valid: step, cosine, constant")
+
+
+def make_optimizer(cfg, *, batch_size, steps_per_epoch, total_steps):
+  """SGD (PyTorch semantics: decay added to the gradient before momentum) or AdamW."""
+  schedule = learning_rate_schedule(cfg, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+                                    total_steps=total_steps)
+  if cfg.name == 'sgd':
+    tx = optax.chain(optax.add_decayed_weights(cfg.weight_decay),
+                     optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
+  elif cfg.name == 'adamw':
+    tx = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+  else:
+    raise KdjaxError(f"unknown optimizer.name '{cfg.name}'; valid: sgd, adamw")
+  return tx, schedule
+
+
+# --------------------------------------------------------------------------------------------
+# 4. Train step
+# --------------------------------------------------------------------------------------------
+
+
+def teacher_forward(teacher, teacher_variables, images, tap_names):
+  """Frozen teacher in inference mode; outputs are float32 and carry no gradient."""
+  logits, feats, _ = taps_lib.apply(teacher, teacher_variables, images, taps=tap_names,
+                                    train=False)
+  out = {'logits': logits, **feats}
+  return jax.tree.map(lambda a: jax.lax.stop_gradient(a.astype(jnp.float32)), out)
+
+
+def make_train_step(setup: Setup):
+  """Returns step(state, teacher_variables, batch) -> (state, metrics), pure and jittable."""
+  terms, student, teacher = setup.terms, setup.student, setup.teacher
+  spe = setup.steps_per_epoch
+
+  def step(state, teacher_variables, batch):
+    images = batch['image']
+    t_out = (teacher_forward(teacher, teacher_variables, images, setup.teacher_taps)
+             if teacher is not None else {})
+    epoch = state.step // spe + 1  # 1-based, constant within an epoch (ALGORITHMS.md §1.4)
+
+    def loss_fn(params):
+      variables = {'params': params['student'], 'batch_stats': state.batch_stats['student']}
+      logits, feats, new_vars = taps_lib.apply(student, variables, images,
+                                               taps=setup.student_taps, train=True,
+                                               mutable=('batch_stats',))
+      s_out = {'logits': logits.astype(jnp.float32), **feats}
+      values = {t.name: t(s_out, t_out, batch) for t in terms}
+      total = sum(t.weight * t.factor(epoch) * values[t.name] for t in terms)
+      return total, (values, new_vars.get('batch_stats', {}))
+
+    (total, (values, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params,
+                              batch_stats={'student': new_bs}, opt_state=opt_state)
+    out = {'loss': total, 'lr': setup.schedule(state.step)}
+    out.update({f'loss/{k}': v for k, v in values.items()})
+    return new_state, out
+
+  return step
+
+
+# --------------------------------------------------------------------------------------------
+# 5. Eval step
+# --------------------------------------------------------------------------------------------
+
+
+def eval_metrics(logits, batch, teacher_logits=None):
+  """Masked sums over one batch: correct top-1/top-5, count; agreement and KL vs the teacher."""
+  mask = batch['mask']
+  labels = batch['label']
+  k = min(5, logits.shape[-1])
+  topk = jax.lax.top_k(logits, k)[1]
+  hits = topk == labels[:, None]
+  out = {'top1': jnp.sum(hits[:, 0] * mask), 'top5': jnp.sum(jnp.any(hits, -1) * mask),
+         'count': jnp.sum(mask)}
+  if teacher_logits is not None:
+    agree = jnp.argmax(logits, -1) == jnp.argmax(teacher_logits, -1)
+    out['agreement'] = jnp.sum(agree * mask)
+    out['kl_teacher_student'] = jnp.sum(losses.kl_divergence(teacher_logits, logits) * mask)
+  return out
+
+
+def make_eval_step(model, teacher=None):
+  """Returns step(variables, teacher_variables, batch) -> masked sums."""
+  def step(variables, teacher_variables, batch):
+    logits = model.apply(variables, batch['image'], train=False).astype(jnp.float32)
+    t_logits = None
+    if teacher is not None:
+      t_logits = teacher.apply(teacher_variables, batch['image'], train=False)
+      t_logits = t_logits.astype(jnp.float32)
+    return eval_metrics(logits, batch, t_logits)
+  return step
+
+
+def evaluate(eval_step, variables, teacher_variables, batches, mesh) -> dict:
+  """Runs the whole eval split; returns fractions (top1, top5, agreement) and mean KL."""
+  sums = None
+  for local in batches:
+    out = eval_step(variables, teacher_variables, global_batch(local, mesh))
+    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+  sums = jax.device_get(sums)
+  count = max(float(sums.pop('count')), 1.0)
+  return {k: float(v) / count for k, v in sums.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# 6. The loop
+# --------------------------------------------------------------------------------------------
+
+
+def _student_variables(state):
+  return {'params': state.params['student'], 'batch_stats': state.batch_stats['student']}
+
+
+def train_and_evaluate(config, workdir: str, setup: Setup | None = None) -> dict:
+  """Trains (or resumes) the recipe `config` in `workdir`; returns the final eval metrics."""
+  setup = setup or build(config)
+  mesh = make_mesh()
+  rep = replicated(mesh)
+  num_processes = jax.process_count()
+  local_batch = config.batch_size // num_processes
+  eval_local_batch = (config.eval_batch_size or config.batch_size) // num_processes
+
+  # State: fresh, or restored from the workdir's latest checkpoint.
+  init = jax.jit(functools.partial(init_state, setup), out_shardings=rep)
+  state = init(jax.random.key(config.seed))
+  manager = checkpoint.Manager(workdir, config)
+  state, start_step = manager.restore_or(state)
+  teacher_variables = (jax.device_put(setup.teacher_variables, rep)
+                       if setup.teacher_variables is not None else None)
+  if start_step:
+    logging.info('Resumed from the checkpoint at step %d in %s.', start_step, workdir)
+
+  writer = metrics_lib.Writer(workdir)
+  train_step = jax.jit(make_train_step(setup), donate_argnums=0,
+                       in_shardings=(rep, rep, batch_sharded(mesh)),
+                       out_shardings=(rep, rep))
+  student_eval = jax.jit(make_eval_step(setup.student, setup.teacher))
+
+  def run_eval(step, variables, model_name):
+    batches = input_pipeline.eval_batches(config, setup.builder, local_batch_size=eval_local_batch)
+    if model_name == 'teacher':
+      result = evaluate(jax.jit(make_eval_step(setup.teacher)), teacher_variables, None,
+                        batches, mesh)
+    else:
+      result = evaluate(student_eval, variables, teacher_variables, batches, mesh)
+    writer.write_eval(step, config.input.eval_split, model_name, result)
+    return result
+
+  if setup.teacher is not None and start_step == 0:
+    run_eval(0, None, 'teacher')
+
+  batches = input_pipeline.train_batches(config, setup.builder, start_step=start_step,
+                                         local_batch_size=local_batch,
+                                         steps_per_epoch=setup.steps_per_epoch)
+  eval_every = (max(1, round(config.eval_every_epochs * setup.steps_per_epoch))
+                if config.eval_every_epochs > 0 else setup.total_steps)
+  progress = metrics_lib.Progress(setup.total_steps, start_step)
+  pending, last_log = [], time.perf_counter()
+  result = {}
+  step = start_step
+  while step < setup.total_steps:
+    state, step_metrics = train_step(state, teacher_variables,
+                                     global_batch(next(batches), mesh))
+    step += 1
+    pending.append(step_metrics)
+    if step % config.log_every_steps == 0 or step == setup.total_steps:
+      means = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(pending))
+      now = time.perf_counter()
+      means['examples_per_sec'] = len(pending) * config.batch_size / (now - last_log)
+      writer.write_train(step, means)
+      progress.log(step, means)
+      pending, last_log = [], now
+    if step % eval_every == 0 or step == setup.total_steps:
+      result = run_eval(step, _student_variables(state), 'student')
+      last_log = time.perf_counter()  # Keep eval time out of the training throughput.
+    if step % config.checkpoint_every_steps == 0 or step == setup.total_steps:
+      manager.save(step, state, setup)
+  manager.close()
+  writer.close()
+  return result

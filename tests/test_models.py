@@ -1,0 +1,339 @@
+"""Model zoo: shapes, parameter counts, tap aliases, BatchNorm behaviour, init, registry.
+
+Shape-only checks use ``jax.eval_shape`` (no real compute); real forward passes use
+tiny inputs.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kdjax.errors import KdjaxError
+from kdjax.models import MODELS, get_model, model_names
+
+IMAGENET = ('resnet18', 'resnet34', 'resnet50')
+CIFAR = ('resnet20', 'resnet56', 'resnet110', 'resnet8x4', 'resnet32x4')
+SMALL = ('digits_cnn', 'mlp32', 'cnn4')
+
+# torchvision (ImageNet, 1000 classes) and mdistiller CIFAR ResNets (100 classes), as
+# reported by sum(p.numel() for p in model.parameters()) in PyTorch.
+PARAM_COUNTS = {
+    'resnet18': 11_689_512,
+    'resnet34': 21_797_672,
+    'resnet50': 25_557_032,
+    'resnet20': 278_324,
+    'resnet56': 861_620,
+    'resnet110': 1_736_564,
+    'resnet8x4': 1_233_540,
+    'resnet32x4': 7_433_860,
+    'digits_cnn': 19_562,
+    'mlp32': 2_410,
+    'cnn4': 838,
+}
+
+
+def _setup(name):
+  """(num_classes, NHWC input shape) for a model's home data set."""
+  if name in IMAGENET:
+    return 1000, (2, 224, 224, 3)
+  if name in CIFAR:
+    return 100, (2, 32, 32, 3)
+  return 10, (2, 8, 8, 1)
+
+
+def _init_shapes(model, shape):
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
+
+
+def _count(tree):
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
+
+
+def _resolve(intermediates, path):
+  """The engine's rule: walk the '/'-parts; dict -> node['__call__'][0], tuple -> node[0]."""
+  node = intermediates
+  for part in path.split('/'):
+    node = node[part]
+  return node['__call__'][0] if isinstance(node, dict) else node[0]
+
+
+def _tap_shapes(model, shape):
+  """Shapes of every alias in ``model.tap_aliases()`` via eval_shape."""
+  variables = _init_shapes(model, shape)
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+
+  def fwd(variables, x):
+    return model.apply(variables, x, capture_intermediates=True, mutable=['intermediates'])
+
+  logits, state = jax.eval_shape(fwd, variables, x)
+  inter = state['intermediates']
+  taps = {alias: _resolve(inter, path) for alias, path in model.tap_aliases().items()}
+  return logits, {alias: tuple(t.shape[1:]) for alias, t in taps.items()}
+
+
+def _cheap_variables(model, shape):
+  """Fresh-init-like variables without running ``init`` (its RNG is slow on CPU).
+
+  Kernels ~ N(0, 2 / fan_in), dense/conv biases small, BN scale 1 / bias 0, running
+  mean 0 / var 1.
+  """
+  rng = np.random.default_rng(0)
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == 'kernel':
+      fan_in = math.prod(leaf.shape[:-1])
+      return jnp.asarray(rng.normal(0, math.sqrt(2 / fan_in), leaf.shape), jnp.float32)
+    if name in ('scale', 'var'):
+      return jnp.ones(leaf.shape, jnp.float32)
+    if name == 'bias' and path[-2].key == 'fc':
+      return jnp.asarray(rng.uniform(-0.05, 0.05, leaf.shape), jnp.float32)
+    return jnp.zeros(leaf.shape, jnp.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, _init_shapes(model, shape))
+
+
+def _get_path(tree, path):
+  for part in path.split('/'):
+    tree = tree[part]
+  return tree
+
+
+def test_registry_lists_every_model():
+  assert set(model_names()) == set(MODELS) == set(PARAM_COUNTS)
+  assert model_names() == sorted(model_names())
+
+
+@pytest.mark.parametrize('name', sorted(PARAM_COUNTS))
+def test_param_count_and_output_shape(name):
+  num_classes, shape = _setup(name)
+  model = get_model(name, num_classes=num_classes)
+  variables = _init_shapes(model, shape)
+  assert _count(variables['params']) == PARAM_COUNTS[name]
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+  logits = jax.eval_shape(
+      lambda v, x: model.apply(v, x), variables, jax.ShapeDtypeStruct(shape, jnp.float32)
+  )
+  assert logits.shape == (shape[0], num_classes)
+  assert logits.dtype == jnp.float32
+
+
+def test_resnet18_taps_at_224():
+  """ALGORITHMS.md §2.1 shapes."""
+  logits, shapes = _tap_shapes(get_model('resnet18', num_classes=1000), (2, 224, 224, 3))
+  stage = {1: (56, 56, 64), 2: (28, 28, 128), 3: (14, 14, 256), 4: (7, 7, 512)}
+  expected = {'stem': (112, 112, 64), 'pooled': (512,), 'logits': (1000,)}
+  for i, s in stage.items():
+    expected[f'layer{i}'] = s
+    expected[f'layer{i}_pre'] = s
+    expected[f'block{2 * (i - 1)}'] = s
+    expected[f'block{2 * (i - 1) + 1}'] = s
+  assert shapes == expected
+  assert logits.shape == (2, 1000)
+
+
+def test_resnet34_block_aliases():
+  """ALGORITHMS.md §2.1: 16 blocks, (56,56,64)x3, (28,28,128)x4, (14,14,256)x6, (7,7,512)x3."""
+  _, shapes = _tap_shapes(get_model('resnet34', num_classes=1000), (1, 224, 224, 3))
+  blocks = [shapes[f'block{j}'] for j in range(16)]
+  assert blocks == (
+      [(56, 56, 64)] * 3 + [(28, 28, 128)] * 4 + [(14, 14, 256)] * 6 + [(7, 7, 512)] * 3
+  )
+  assert 'block16' not in shapes
+
+
+def test_resnet8x4_taps_at_32():
+  """ALGORITHMS.md §2.3: stem 32 ch at 32 px; stages 64, 128, 256 at 32, 16, 8 px."""
+  logits, shapes = _tap_shapes(get_model('resnet8x4', num_classes=100), (2, 32, 32, 3))
+  stage = {1: (32, 32, 64), 2: (16, 16, 128), 3: (8, 8, 256)}
+  expected = {'stem': (32, 32, 32), 'pooled': (256,), 'logits': (100,)}
+  for i, s in stage.items():
+    expected[f'layer{i}'] = s
+    expected[f'layer{i}_pre'] = s
+    expected[f'block{i - 1}'] = s
+  assert shapes == expected
+  assert logits.shape == (2, 100)
+
+
+@pytest.mark.parametrize('name, pooled', [('digits_cnn', 64), ('mlp32', 32), ('cnn4', 64)])
+def test_small_model_taps(name, pooled):
+  logits, shapes = _tap_shapes(get_model(name, num_classes=10), (2, 8, 8, 1))
+  assert shapes == {'pooled': (pooled,), 'logits': (10,)}
+  assert logits.shape == (2, 10)
+
+
+def test_tap_aliases_paths():
+  aliases = get_model('resnet34', num_classes=1000).tap_aliases()
+  assert aliases['layer2_pre'] == 'layer2/block3/preact'
+  assert aliases['block6'] == 'layer2/block3'
+  assert aliases['block7'] == 'layer3/block0'
+  assert aliases['logits'] == 'fc'
+  aliases = get_model('resnet110', num_classes=100).tap_aliases()
+  assert aliases['layer3_pre'] == 'layer3/block17/preact'
+  assert aliases['block53'] == 'layer3/block17'
+
+
+@pytest.mark.parametrize(
+    'name, expected',
+    [
+        ('resnet18', [f'layer{i}/block1/bn2' for i in (1, 2, 3, 4)]),
+        ('resnet34', ['layer1/block2/bn2', 'layer2/block3/bn2', 'layer3/block5/bn2',
+                      'layer4/block2/bn2']),
+        ('resnet50', ['layer1/block2/bn3', 'layer2/block3/bn3', 'layer3/block5/bn3',
+                      'layer4/block2/bn3']),
+        ('resnet8x4', [f'layer{i}/block0/bn2' for i in (1, 2, 3)]),
+        ('resnet32x4', [f'layer{i}/block4/bn2' for i in (1, 2, 3)]),
+    ],
+)
+def test_bn_before_relu(name, expected):
+  num_classes, shape = _setup(name)
+  model = get_model(name, num_classes=num_classes)
+  paths = [model.bn_before_relu(i) for i in range(1, len(expected) + 1)]
+  assert paths == expected
+  params = _init_shapes(model, (1,) + shape[1:])['params']
+  for path in paths:
+    bn = _get_path(params, path)
+    assert set(bn) == {'scale', 'bias'}
+  with pytest.raises(ValueError):
+    model.bn_before_relu(len(expected) + 1)
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'resnet50', 'resnet8x4', 'digits_cnn', 'cnn4'])
+@pytest.mark.parametrize('train', [False, True])
+def test_batchnorm_and_conv_settings(name, train):
+  """Every BN has PyTorch's momentum/eps and follows ``train``; every conv pads explicitly."""
+  num_classes, shape = _setup(name)
+  model = get_model(name, num_classes=num_classes)
+  variables = _init_shapes(model, (1,) + shape[1:])
+  seen = []
+
+  def record(next_fun, args, kwargs, context):
+    if context.method_name == '__call__':
+      seen.append(context.module)
+    return next_fun(*args, **kwargs)
+
+  x = jax.ShapeDtypeStruct((1,) + shape[1:], jnp.float32)
+  with nn.intercept_methods(record):
+    jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=train, mutable=['batch_stats']), variables, x
+    )
+  bns = [m for m in seen if isinstance(m, nn.BatchNorm)]
+  convs = [m for m in seen if isinstance(m, nn.Conv)]
+  assert convs
+  assert bool(bns) == (name != 'cnn4')
+  for bn in bns:
+    assert (bn.momentum, bn.epsilon, bn.use_running_average) == (0.9, 1e-5, not train)
+  for c in convs:
+    assert not isinstance(c.padding, str)
+
+
+def test_resnet18_forward_and_batchnorm_modes():
+  """Real forward at 32x32: eval leaves batch_stats alone; train updates them with momentum 0.9."""
+  model = get_model('resnet18', num_classes=10)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+  variables = _cheap_variables(model, x.shape)
+
+  @jax.jit
+  def run(variables, x):
+    eval_logits, eval_state = model.apply(variables, x, train=False, mutable=['batch_stats'])
+    train_logits, train_state = model.apply(
+        variables, x, train=True, capture_intermediates=True,
+        mutable=['batch_stats', 'intermediates'],
+    )
+    return eval_logits, eval_state, train_logits, train_state
+
+  eval_logits, eval_state, train_logits, train_state = run(variables, x)
+  assert eval_logits.shape == train_logits.shape == (2, 10)
+  assert eval_logits.dtype == jnp.float32
+  assert np.all(np.isfinite(eval_logits)) and np.all(np.isfinite(train_logits))
+  assert not np.allclose(eval_logits, train_logits)
+
+  old = variables['batch_stats']
+  jax.tree.map(np.testing.assert_array_equal, eval_state['batch_stats'], old)
+  new = train_state['batch_stats']
+  assert not np.allclose(new['bn1']['mean'], old['bn1']['mean'])
+  # new = 0.9 * old + 0.1 * batch statistic (biased variance in Flax), old mean 0 / var 1.
+  conv1 = np.asarray(train_state['intermediates']['conv1']['__call__'][0], np.float64)
+  batch_mean, batch_var = conv1.mean(axis=(0, 1, 2)), conv1.var(axis=(0, 1, 2))
+  np.testing.assert_allclose(new['bn1']['mean'], 0.1 * batch_mean, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(new['bn1']['var'], 0.9 + 0.1 * batch_var, rtol=1e-4)
+
+
+def test_digits_cnn_batchnorm_modes():
+  model = get_model('digits_cnn', num_classes=10)
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1))
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+  apply = jax.jit(model.apply, static_argnames=('train', 'mutable'))
+  _, eval_state = apply(variables, x, train=False, mutable=('batch_stats',))
+  _, train_state = apply(variables, x, train=True, mutable=('batch_stats',))
+  jax.tree.map(np.testing.assert_array_equal, eval_state['batch_stats'], variables['batch_stats'])
+  changed = jax.tree.map(
+      lambda a, b: not np.allclose(a, b), train_state['batch_stats'], variables['batch_stats']
+  )
+  assert all(jax.tree.leaves(changed))
+
+
+def test_resnet20_init_matches_pytorch_recipe():
+  """§1.9: convs kaiming_normal fan_out; BN 1/0; fc like nn.Linear's default."""
+  model = get_model('resnet20', num_classes=100)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
+  params = variables['params']
+  kernel = np.asarray(params['layer3']['block2']['conv2']['kernel'])  # (3, 3, 64, 64)
+  assert abs(kernel.std() / math.sqrt(2.0 / (3 * 3 * 64)) - 1) < 0.02
+  assert abs(kernel.mean()) < 2e-3
+  bound = 1 / math.sqrt(64)
+  fc = params['fc']
+  assert np.abs(fc['kernel']).max() <= bound
+  assert abs(np.asarray(fc['kernel']).std() / (bound / math.sqrt(3)) - 1) < 0.03
+  assert np.abs(fc['bias']).max() <= bound and np.abs(fc['bias']).max() > bound / 2
+  bn = params['layer2']['block0']['downsample_bn']
+  np.testing.assert_array_equal(bn['scale'], 1.0)
+  np.testing.assert_array_equal(bn['bias'], 0.0)
+  stats = variables['batch_stats']['bn1']
+  np.testing.assert_array_equal(stats['mean'], 0.0)
+  np.testing.assert_array_equal(stats['var'], 1.0)
+
+
+def test_cifar_downsample_placement():
+  """mdistiller: 1x1 conv + BN shortcut when the stride is not 1 or the width changes."""
+  resnet20 = _init_shapes(get_model('resnet20', num_classes=100), (1, 8, 8, 3))['params']
+  assert 'downsample_conv' not in resnet20['layer1']['block0']  # 16 -> 16, stride 1
+  assert 'downsample_conv' in resnet20['layer2']['block0']
+  assert 'downsample_conv' not in resnet20['layer2']['block1']
+  resnet8x4 = _init_shapes(get_model('resnet8x4', num_classes=100), (1, 8, 8, 3))['params']
+  assert 'downsample_conv' in resnet8x4['layer1']['block0']  # 32 -> 64, stride 1
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'resnet8x4', 'digits_cnn', 'mlp32'])
+def test_bfloat16_compute_keeps_float32_params_and_logits(name):
+  num_classes, shape = _setup(name)
+  model = get_model(name, num_classes=num_classes, dtype=jnp.bfloat16)
+  variables = _init_shapes(model, shape)
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
+
+  def fwd(v, x):
+    return model.apply(v, x, capture_intermediates=True, mutable=['intermediates'])
+
+  logits, state = jax.eval_shape(fwd, variables, jax.ShapeDtypeStruct(shape, jnp.float32))
+  assert logits.dtype == jnp.float32
+  assert _resolve(state['intermediates'], model.tap_aliases()['pooled']).dtype == jnp.bfloat16
+
+
+def test_unknown_model_is_a_kdjax_error():
+  with pytest.raises(KdjaxError) as info:
+    get_model('resnet19', num_classes=10, config_key='student.model')
+  message = str(info.value)
+  assert '\n' not in message
+  assert "'resnet19'" in message and 'student.model' in message
+  for name in model_names():
+    assert name in message
+
+
+def test_bad_num_classes_is_a_kdjax_error():
+  with pytest.raises(KdjaxError):
+    get_model('resnet18', num_classes=0)
