@@ -15,9 +15,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # tf.data only feeds the inp
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from kdjax import logs  # noqa: E402
 from kdjax.errors import KdjaxError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -95,17 +95,9 @@ def _cluster_size():
   return max(sizes)
 
 
-class _QuietLibraries(logging.logging.Filter):
-  """Keeps INFO lines of kdjax; from other libraries (Orbax is chatty) only warnings."""
-
-  def filter(self, record):
-    return record.levelno >= logging.logging.WARNING or '/kdjax/' in record.pathname
-
-
 def main(argv):
   del argv
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logs.setup()
   initialize_distributed()
   from kdjax import train  # pylint: disable=g-import-not-at-top  (after jax.distributed)
   try:

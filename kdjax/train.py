@@ -334,6 +334,12 @@ def train_and_evaluate(config, workdir: str, setup: Setup | None = None) -> dict
 
   if setup.teacher is not None and start_step == 0:
     run_eval(0, None, 'teacher')
+  if start_step >= setup.total_steps:
+    logging.info('The run in %s is already complete (step %d).', workdir, start_step)
+    result = run_eval(start_step, _student_variables(state), 'student')
+    manager.close()
+    writer.close()
+    return result
 
   batches = input_pipeline.train_batches(config, setup.builder, start_step=start_step,
                                          local_batch_size=local_batch,

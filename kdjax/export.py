@@ -1,0 +1,56 @@
+r"""Exports the student of a training workdir: its params and BatchNorm statistics, nothing else.
+
+  python -m kdjax.export --workdir=DIR --output=PATH
+
+No teacher, no connectors, no optimizer state. The export folder is itself a valid
+`teacher.checkpoint` for a later distillation.
+"""
+
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+
+from kdjax import checkpoint  # noqa: E402
+from kdjax import logs  # noqa: E402
+from kdjax.errors import KdjaxError  # noqa: E402
+
+flags.DEFINE_string('workdir', None, 'A kdjax training workdir.', required=True)
+flags.DEFINE_string('output', None, 'Folder to write the exported student to.', required=True)
+FLAGS = flags.FLAGS
+
+
+def export_workdir(workdir, output):
+  """Writes the latest checkpoint's student to `output`; returns the export metadata."""
+  variables, metadata = checkpoint.restore_student(workdir)
+  export_meta = {
+      'model': metadata['student_model'],
+      'num_classes': metadata['num_classes'],
+      'image_shape': metadata['image_shape'],
+      'step': metadata['step'],
+      'source_workdir': os.path.abspath(workdir),
+      'teacher': metadata.get('teacher'),
+      'packages': checkpoint.package_versions(),
+      'sha256': checkpoint.tree_hash(variables),
+  }
+  checkpoint.export(variables, export_meta, output)
+  return export_meta
+
+
+def main(argv):
+  del argv
+  logs.setup()
+  try:
+    meta = export_workdir(FLAGS.workdir, FLAGS.output)
+  except KdjaxError as e:
+    print(f'kdjax: error: {e}', file=sys.stderr)
+    sys.exit(2)
+  logging.info('Exported %s (step %d) to %s', meta['model'], meta['step'], FLAGS.output)
+
+
+if __name__ == '__main__':
+  app.run(main)
