@@ -17,6 +17,8 @@ A method's loss is `fn(student, teacher, batch, **hparams) -> float32 scalar`, w
 import dataclasses
 from typing import Callable
 
+import jax.numpy as jnp
+
 from kdjax import losses
 from kdjax.errors import KdjaxError
 
@@ -76,7 +78,7 @@ class Term:
     """The warm-up factor at a 1-based epoch (1 without warm-up)."""
     if self.warmup_epochs <= 0:
       return 1.0
-    return min(epoch / self.warmup_epochs, 1.0)
+    return jnp.minimum(epoch / self.warmup_epochs, 1.0)
 
 
 def build_terms(losses_config) -> list:

@@ -66,10 +66,13 @@ def get_builder(config):
 
 
 def _is_prepared(builder):
-  try:
-    return tf.io.gfile.exists(builder.data_path / 'dataset_info.json')
-  except AttributeError:
-    return tf.io.gfile.exists(builder.data_dir)
+  return builder.is_prepared()
+
+
+def _has_integer_id(builder):
+  """Whether examples carry an integer `id` (uci_digits does; cifar100's ids are strings)."""
+  features = builder.info.features
+  return 'id' in features and np.issubdtype(features['id'].np_dtype, np.integer)
 
 
 def dataset_info(config, builder=None) -> DatasetInfo:
@@ -118,7 +121,7 @@ def train_batches(config, builder, *, start_step: int, local_batch_size: int,
   augment = preprocess.train_op(inp.train_augment, image_size=inp.image_size,
                                crop_padding=inp.crop_padding)
   split = tfds.split_for_jax_process(inp.train_split, drop_remainder=True)
-  has_id = 'id' in builder.info.features
+  has_id = _has_integer_id(builder)
   if inp.num_labeled > 0 and not has_id:
     raise KdjaxError(f"input.num_labeled needs an integer 'id' feature; {config.dataset} has none")
 
