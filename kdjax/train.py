@@ -38,14 +38,15 @@ from kdjax.errors import KdjaxError
 # --------------------------------------------------------------------------------------------
 
 
-def make_mesh():
-  """A 1-D mesh named 'data' over all devices (all processes).
+def make_mesh(devices=None):
+  """A 1-D mesh named 'data' over `devices` (default: every device of every process).
 
   Axis type Auto on purpose: the step is pure data parallelism, the batch is the only sharded
   array, and XLA's propagation inserts the gradient and BatchNorm all-reduces.
   """
-  return jax.make_mesh((jax.device_count(),), ('data',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=devices)
 
 
 def replicated(mesh):
@@ -244,6 +245,19 @@ def make_train_step(setup: Setup):
   return step
 
 
+def compile_train_step(setup: Setup, mesh):
+  """The train step jitted over `mesh`: replicated state (donated), batch split on 'data'."""
+  rep = replicated(mesh)
+  return jax.jit(make_train_step(setup), donate_argnums=0,
+                 in_shardings=(rep, rep, batch_sharded(mesh)), out_shardings=(rep, rep))
+
+
+def create_state(setup: Setup, mesh, seed):
+  """A fresh TrainState, replicated over `mesh`."""
+  init = jax.jit(functools.partial(init_state, setup), out_shardings=replicated(mesh))
+  return init(jax.random.key(seed))
+
+
 # --------------------------------------------------------------------------------------------
 # 5. Eval step
 # --------------------------------------------------------------------------------------------
@@ -297,18 +311,17 @@ def _student_variables(state):
   return {'params': state.params['student'], 'batch_stats': state.batch_stats['student']}
 
 
-def train_and_evaluate(config, workdir: str, setup: Setup | None = None) -> dict:
+def train_and_evaluate(config, workdir: str, setup: Setup | None = None, mesh=None) -> dict:
   """Trains (or resumes) the recipe `config` in `workdir`; returns the final eval metrics."""
   setup = setup or build(config)
-  mesh = make_mesh()
+  mesh = mesh or make_mesh()
   rep = replicated(mesh)
   num_processes = jax.process_count()
   local_batch = config.batch_size // num_processes
   eval_local_batch = (config.eval_batch_size or config.batch_size) // num_processes
 
   # State: fresh, or restored from the workdir's latest checkpoint.
-  init = jax.jit(functools.partial(init_state, setup), out_shardings=rep)
-  state = init(jax.random.key(config.seed))
+  state = create_state(setup, mesh, config.seed)
   manager = checkpoint.Manager(workdir, config)
   state, start_step = manager.restore_or(state)
   teacher_variables = (jax.device_put(setup.teacher_variables, rep)
@@ -317,9 +330,7 @@ def train_and_evaluate(config, workdir: str, setup: Setup | None = None) -> dict
     logging.info('Resumed from the checkpoint at step %d in %s.', start_step, workdir)
 
   writer = metrics_lib.Writer(workdir)
-  train_step = jax.jit(make_train_step(setup), donate_argnums=0,
-                       in_shardings=(rep, rep, batch_sharded(mesh)),
-                       out_shardings=(rep, rep))
+  train_step = compile_train_step(setup, mesh)
   student_eval = jax.jit(make_eval_step(setup.student, setup.teacher))
 
   def run_eval(step, variables, model_name):

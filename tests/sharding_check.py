@@ -1,0 +1,57 @@
+"""Trains a few distillation steps on 1 device and on every device; prints both as JSON.
+
+Run by tests/test_train.py in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8
+(the flag must be set before JAX starts). Usage: python tests/sharding_check.py DATA_DIR
+"""
+
+import itertools
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from kdjax import train  # noqa: E402
+from kdjax.data import input_pipeline  # noqa: E402
+from kdjax.quickstart import load_recipe  # noqa: E402
+
+NUM_STEPS = 4
+
+
+def run(devices, config, setup, batches):
+  mesh = train.make_mesh(devices)
+  state = train.create_state(setup, mesh, config.seed)
+  step = train.compile_train_step(setup, mesh)
+  teacher = jax.device_put(setup.teacher_variables, train.replicated(mesh))
+  history = []
+  for batch in batches:
+    state, metrics = step(state, teacher, train.global_batch(batch, mesh))
+    history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
+  return history, jax.device_get((state.params, state.batch_stats))
+
+
+def main(data_dir):
+  config = load_recipe()
+  with config.unlocked():
+    config.data_dir = data_dir
+    config.student.model = 'digits_cnn'      # has BatchNorm: statistics must span the devices
+    config.losses.dkd = dict(weight=1.0, warmup_epochs=2, alpha=1.0, beta=8.0, temperature=4.0)
+    config.input.num_labeled = 0
+  setup = train.build(config)
+  batches = list(itertools.islice(
+      input_pipeline.train_batches(config, setup.builder, start_step=0,
+                                   local_batch_size=config.batch_size,
+                                   steps_per_epoch=setup.steps_per_epoch), NUM_STEPS))
+  one, one_vars = run(jax.devices()[:1], config, setup, batches)
+  many, many_vars = run(jax.devices(), config, setup, batches)
+  diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
+                                       one_vars, many_vars))
+  print(json.dumps({'num_devices': jax.device_count(), 'one': one, 'many': many,
+                    'max_abs_variable_diff': max(diffs)}))
+
+
+if __name__ == '__main__':
+  main(sys.argv[1])

@@ -1,0 +1,147 @@
+"""The trainer: sharding invariance, optimizer semantics, schedules, warm-up, config validation."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+import conftest
+from kdjax import checkpoint
+from kdjax import config_base
+from kdjax import methods
+from kdjax import train
+from kdjax.errors import KdjaxError
+from kdjax.quickstart import load_recipe
+
+
+def test_eight_devices_give_the_same_steps_as_one(digits_data_dir):
+  env = conftest.cli_env()
+  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
+  out = subprocess.run([sys.executable, os.path.join(conftest.ROOT, 'tests', 'sharding_check.py'),
+                        digits_data_dir], env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result['num_devices'] == 8
+  for one, many in zip(result['one'], result['many'], strict=True):
+    assert one.keys() == many.keys()
+    for key in one:
+      np.testing.assert_allclose(many[key], one[key], rtol=2e-5, err_msg=key)
+  assert result['max_abs_variable_diff'] < 1e-5
+
+
+def _optimizer_config(**kw):
+  c = config_base.base_config().optimizer
+  c.update(kw)
+  return c
+
+
+def test_step_schedule_decays_at_epoch_boundaries_and_scales_with_batch():
+  cfg = _optimizer_config(learning_rate=0.1, lr_base_batch_size=256, schedule='step',
+                          decay_epochs=(2, 3), decay_factor=0.1)
+  sched = train.learning_rate_schedule(cfg, batch_size=512, steps_per_epoch=10, total_steps=40)
+  np.testing.assert_allclose([sched(0), sched(19), sched(20), sched(29), sched(30)],
+                             [0.2, 0.2, 0.02, 0.02, 0.002], rtol=1e-6)
+
+
+def test_warmup_then_cosine():
+  cfg = _optimizer_config(learning_rate=1.0, schedule='cosine', warmup_epochs=1)
+  sched = train.learning_rate_schedule(cfg, batch_size=1, steps_per_epoch=10, total_steps=110)
+  np.testing.assert_allclose([sched(0), sched(5), sched(10), sched(60), sched(110)],
+                             [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
+
+
+@pytest.mark.parametrize('nesterov', [False, True])
+def test_sgd_follows_pytorch_semantics(nesterov):
+  """PyTorch SGD: g += wd * p; buf = m * buf + g; p -= lr * (g + m * buf if nesterov else buf)."""
+  cfg = _optimizer_config(name='sgd', learning_rate=0.1, momentum=0.9, nesterov=nesterov,
+                          weight_decay=0.01, schedule='constant')
+  tx, _ = train.make_optimizer(cfg, batch_size=1, steps_per_epoch=1, total_steps=3)
+  p = jnp.array([1.0, -2.0])
+  state = tx.init(p)
+  ref_p, buf = np.array([1.0, -2.0]), np.zeros(2)
+  for g in ([0.5, 0.1], [-0.3, 0.2], [0.1, 0.1]):
+    updates, state = tx.update(jnp.array(g), state, p)
+    p = optax.apply_updates(p, updates)
+    d = np.array(g) + 0.01 * ref_p
+    buf = 0.9 * buf + d
+    ref_p = ref_p - 0.1 * (d + 0.9 * buf if nesterov else buf)
+  np.testing.assert_allclose(p, ref_p, rtol=1e-6)
+
+
+def test_warmup_factor_is_per_one_based_epoch():
+  term = methods.build_terms(ml_collections.ConfigDict(
+      {'dkd': dict(weight=1.0, warmup_epochs=20)}))[0]
+  np.testing.assert_allclose([term.factor(1), term.factor(5), term.factor(20), term.factor(30)],
+                             [0.05, 0.25, 1.0, 1.0])
+  plain = methods.build_terms(ml_collections.ConfigDict({'kd': dict(weight=0.9)}))[0]
+  assert plain.factor(1) == 1.0 and plain.hparams == {'temperature': 4.0}
+
+
+def _digits_config(data_dir, arg=''):
+  config = load_recipe(arg)
+  with config.unlocked():
+    config.data_dir = data_dir
+  return config
+
+
+def test_shipped_teacher_is_exact_on_the_whole_eval_split(digits_data_dir):
+  config = _digits_config(digits_data_dir)
+  with config.unlocked():
+    config.eval_batch_size = 64  # 597 examples: 9 full batches and one padded
+  setup = train.build(config)
+  mesh = train.make_mesh()
+  from kdjax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  batches = input_pipeline.eval_batches(config, setup.builder, local_batch_size=64)
+  result = train.evaluate(jax.jit(train.make_eval_step(setup.teacher)),
+                          setup.teacher_variables, None, batches, mesh)
+  assert round(result['top1'] * 597) == pytest.approx(result['top1'] * 597, abs=1e-6)
+  assert result['top1'] > 0.97  # the README's figure for the shipped teacher: 98.0%
+
+
+@pytest.mark.parametrize('override, fragment', [
+    (dict(batch_size=0), 'batch_size'),
+    (dict(batch_size=3), 'not divisible'),
+    (dict(student=dict(model='resnet19', dtype='float32')), "unknown model 'resnet19'"),
+    (dict(losses=dict(kdd=dict(weight=1.0))), "unknown method 'kdd'"),
+    (dict(losses=dict(kd=dict(weight=1.0, temprature=4.0))), 'temprature'),
+    (dict(teacher=dict(model='digits_cnn', checkpoint='/nonexistent/teacher', dtype='float32')),
+     '/nonexistent/teacher'),
+    (dict(teacher=dict(model='cnn4', checkpoint=None, dtype='float32')), 'does not fit'),
+    (dict(teacher=dict(model='digits_cnn', checkpoint='', dtype='float32')),
+     'teacher.checkpoint is empty'),
+    (dict(dataset='cifar100'), 'tfds build cifar100'),
+])
+def test_bad_input_raises_one_clear_error(digits_data_dir, tmp_path, override, fragment):
+  config = _digits_config(digits_data_dir)
+  if override.get('batch_size') == 3 and jax.device_count() == 1:
+    pytest.skip('needs more than one device')
+  with config.unlocked():
+    for key, value in override.items():
+      if key == 'teacher' and value['checkpoint'] is None:
+        value = dict(value, checkpoint=config.teacher.checkpoint)
+      if key == 'dataset':
+        config.data_dir = str(tmp_path)
+      config[key] = value
+  with pytest.raises(KdjaxError, match=None) as err:
+    train.build(config)
+  message = str(err.value)
+  assert fragment in message and '\n' not in message
+
+
+def test_unreadable_teacher_checkpoint_is_a_clear_error(tmp_path, digits_data_dir):
+  bad = tmp_path / 'teacher'
+  (bad / 'variables').mkdir(parents=True)
+  (bad / checkpoint.EXPORT_METADATA).write_text('{}')
+  (bad / 'variables' / '_METADATA').write_text('not a checkpoint')
+  config = _digits_config(digits_data_dir)
+  with config.unlocked():
+    config.teacher.checkpoint = str(bad)
+  with pytest.raises(KdjaxError, match='could not be read'):
+    train.build(config)
