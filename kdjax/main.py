@@ -40,13 +40,17 @@ def fail(message: str):
   sys.exit(2)
 
 
-def _unknown_key_message(key, argv):
+def _unknown_key_message(error, argv):
+  text = str(error.args[0] if error.args else error)
+  key = re.search(r'[A-Za-z_][A-Za-z0-9_]*', text)  # The message quotes (and escapes) the key.
+  key = key.group(0) if key else text.splitlines()[0]
+  hint = re.search(r'Did you mean "([^"]+)"', text)
   overrides = [a for a in argv if a.startswith('--config.')]
   culprit = next((a for a in overrides
                   if re.search(rf'(^|\.){re.escape(key)}(\.|=|$)', a[len('--config.'):])),
                  ' '.join(overrides) or '--config')
-  return (f"unknown config key '{key}' in {culprit}; the recipe declares no such key "
-          '(check the spelling against the recipe file)')
+  fix = f'did you mean {hint.group(1)!r}?' if hint else 'check the keys in the recipe file'
+  return f"unknown config key '{key}' in {culprit}; the recipe declares no such key ({fix})"
 
 
 def parse_flags(argv):
@@ -68,8 +72,7 @@ def parse_flags(argv):
   except flags.Error as e:
     fail(str(e).splitlines()[0])
   except (AttributeError, KeyError) as e:
-    key = str(e).strip('"\'')
-    fail(_unknown_key_message(key, argv))
+    fail(_unknown_key_message(e, argv))
 
 
 def initialize_distributed():

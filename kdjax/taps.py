@@ -51,7 +51,9 @@ def apply(model, variables, x, *, taps: Sequence[str] = (), train: bool = False,
   paths = {name: resolve(model, name) for name in taps}
   wanted = frozenset(tuple(p.split('/')) for p in paths.values())
   capture = lambda mdl, method: method == _CALL and mdl.path in wanted
-  mutable = tuple(mutable) + ('intermediates',) if taps else tuple(mutable)
+  mutable = (mutable,) if isinstance(mutable, str) else tuple(mutable or ())
+  if taps:
+    mutable += ('intermediates',)
   out = model.apply(variables, x, train=train, mutable=mutable or False,
                     capture_intermediates=capture if taps else False, **kwargs)
   logits, state = out if mutable else (out, {})

@@ -272,6 +272,23 @@ def test_eval_batch_dividing_the_split_has_no_padding(digits_dir, builder):
   assert all(b['mask'].shape == (199,) and b['mask'].min() == 1.0 for b in batches)
 
 
+def test_sliced_splits(digits_dir):
+  """TFDS split slices work as train / eval splits (e.g. a held-out part of train)."""
+  config = digits_config(digits_dir, train_split='train[:600]', eval_split='train[600:]')
+  config.batch_size = 100
+  sliced = input_pipeline.get_builder(config)
+  info = input_pipeline.dataset_info(config, sliced)
+  assert (info.num_train, info.num_eval) == (600, 600)
+  steps = input_pipeline.steps_per_epoch(config, info)
+  assert steps == 6
+  it = input_pipeline.train_batches(config, sliced, start_step=0, local_batch_size=100,
+                                    steps_per_epoch=steps)
+  ids = np.concatenate([b['id'] for b in itertools.islice(it, steps)])
+  assert len(np.unique(ids)) == 600 and ids.min() >= 0 and ids.max() < 1200
+  batches = list(input_pipeline.eval_batches(config, sliced, local_batch_size=64))
+  assert len(batches) == 10 and sum(b['mask'].sum() for b in batches) == 600
+
+
 # --- missing or wrong data --------------------------------------------------------------------
 
 

@@ -60,7 +60,7 @@ def x():
 
 @pytest.fixture(scope='module')
 def variables(model, x):
-  v = model.init(jax.random.key(0), x, train=False)
+  v = jax.jit(lambda key, x: model.init(key, x, train=False))(jax.random.key(0), x)  # faster
   # Non-trivial running statistics, so that eval-mode BN is not the identity.
   stats = jax.tree_util.tree_map_with_path(
       lambda p, s: s + 0.1 if p[-1].key == 'mean' else s * 1.5, v['batch_stats'])
@@ -265,3 +265,13 @@ def test_digits_cnn_taps():
   close(f['logits'], logits)
   close(logits, model.apply(variables, xs))
   assert {'pooled', 'logits', 'conv1', 'bn2', 'fc'} <= set(taps.available(model, (1, 8, 8, 1)))
+
+
+def test_mutable_as_a_plain_string():
+  """Flax's apply accepts mutable='batch_stats'; taps.apply must not split it into letters."""
+  model = get_model('digits_cnn', num_classes=10)
+  xs = jnp.ones((2, 8, 8, 1))
+  variables = model.init(jax.random.key(0), xs)
+  for names in (['pooled'], []):
+    _, _, state = taps.apply(model, variables, xs, taps=names, train=True, mutable='batch_stats')
+    assert set(state) == {'batch_stats'}
