@@ -7,7 +7,6 @@ No teacher, no connectors, no optimizer state. The export folder is itself a val
 """
 
 import os
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -16,6 +15,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
 from kdjax import checkpoint  # noqa: E402
+from kdjax import cli  # noqa: E402
 from kdjax import logs  # noqa: E402
 from kdjax.errors import KdjaxError  # noqa: E402
 
@@ -47,8 +47,7 @@ def main(argv):
   try:
     meta = export_workdir(FLAGS.workdir, FLAGS.output)
   except KdjaxError as e:
-    print(f'kdjax: error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(e))
   logging.info('Exported %s (step %d) to %s', meta['model'], meta['step'], FLAGS.output)
 
 

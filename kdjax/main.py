@@ -8,8 +8,6 @@ Multi-process: TPU pods and SLURM/MPI clusters are found automatically; elsewher
 """
 
 import os
-import re
-import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # tf.data only feeds the input pipeline.
 
@@ -17,6 +15,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from kdjax import cli  # noqa: E402
 from kdjax import logs  # noqa: E402
 from kdjax.errors import KdjaxError  # noqa: E402
 
@@ -34,53 +33,12 @@ _CLUSTER_ENV = ('TPU_WORKER_HOSTNAMES', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE',
                 'JAX_COORDINATOR_ADDRESS')
 
 
-def fail(message: str):
-  """One clear line on stderr and a non-zero exit; never a traceback for user errors."""
-  print(f'kdjax: error: {message}', file=sys.stderr)
-  sys.exit(2)
-
-
-def _unknown_key_message(error, argv):
-  text = str(error.args[0] if error.args else error)
-  key = re.search(r'[A-Za-z_][A-Za-z0-9_]*', text)  # The message quotes (and escapes) the key.
-  key = key.group(0) if key else text.splitlines()[0]
-  hint = re.search(r'Did you mean "([^"]+)"', text)
-  overrides = [a for a in argv if a.startswith('--config.')]
-  culprit = next((a for a in overrides
-                  if re.search(rf'(^|\.){re.escape(key)}(\.|=|$)', a[len('--config.'):])),
-                 ' '.join(overrides) or '--config')
-  fix = f'did you mean {hint.group(1)!r}?' if hint else 'check the keys in the recipe file'
-  return f"unknown config key '{key}' in {culprit}; the recipe declares no such key ({fix})"
-
-
-def parse_flags(argv):
-  """absl flag parsing with every user mistake turned into one line."""
-  try:
-    rest = FLAGS(argv)
-    config_arg = FLAGS['config'].serialize().split('=', 1)[-1]
-    path = config_arg.split(':', 1)[0]
-    if not path:
-      fail('--config is required, e.g. --config=configs/kd_r32x4_r8x4.py')
-    if not os.path.isfile(path):
-      fail(f"config file '{path}' not found (--config); recipes live in configs/")
-    if not FLAGS.workdir:
-      fail('--workdir is required: the folder for checkpoints and metrics')
-    _CONFIG.value  # noqa: B018  Loads the recipe now, so its errors surface here.
-    return rest
-  except KdjaxError as e:
-    fail(str(e))
-  except flags.Error as e:
-    fail(str(e).splitlines()[0])
-  except (AttributeError, KeyError) as e:
-    fail(_unknown_key_message(e, argv))
-
-
 def initialize_distributed():
   """Starts jax.distributed when this is one process of several."""
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.coordinator_address or FLAGS.num_processes:
     if FLAGS.coordinator_address is None or FLAGS.num_processes is None or FLAGS.process_id is None:
-      fail('multi-process runs need all of --coordinator_address, --num_processes, --process_id')
+      cli.fail('multi-process runs need all of --coordinator_address, --num_processes, --process_id')
     # Only the CPU client uses this setting; CPU processes exchange collectives through gloo.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
@@ -107,11 +65,11 @@ def main(argv):
     setup = train.build(_CONFIG.value)
     train.train_and_evaluate(_CONFIG.value, FLAGS.workdir, setup)
   except KdjaxError as e:
-    fail(str(e))
+    cli.fail(str(e))
 
 
 def run():
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.config_flags_parser(_CONFIG, require_workdir=True))
 
 
 if __name__ == '__main__':

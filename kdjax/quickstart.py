@@ -10,7 +10,6 @@ held-out top-1 (597 images) as mean ± standard deviation over seeds.
 """
 
 import os
-import sys
 import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -19,6 +18,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
 
+from kdjax import cli  # noqa: E402
 from kdjax import logs  # noqa: E402
 from kdjax import train  # noqa: E402
 from kdjax.errors import KdjaxError  # noqa: E402
@@ -93,8 +93,7 @@ def main(argv):
   try:
     results, teacher_top1 = run(FLAGS.seeds, workdir)
   except KdjaxError as e:
-    print(f'kdjax: error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(str(e))
   print()
   print(table(results, teacher_top1, FLAGS.seeds))
   print(f'\nRuns, metrics.jsonl and TensorBoard logs: {workdir}')

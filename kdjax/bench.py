@@ -1,0 +1,124 @@
+r"""Throughput benchmark of a recipe: student step, teacher forward, distillation step, input.
+
+  python -m kdjax.bench --config=configs/<recipe>.py[:smoke] [--config.<key>=<value>]
+      [--steps=20] [--json_out=FILE]
+
+Prints images/s (global batch over wall time, after compilation) for
+  student_step     the train step with the CE term only (no teacher),
+  teacher_forward  the frozen teacher's inference forward pass with the recipe's taps,
+  distill_step     the recipe's full train step (teacher + student + every loss term),
+  input_pipeline   this process's TFDS input pipeline alone (host side, no device work),
+and `distill_over_sum` = t(distill_step) / (t(student_step) + t(teacher_forward)): 1.0 means the
+distillation step costs exactly a student step plus a teacher forward. The same numbers are
+printed as one JSON line (and written to --json_out).
+"""
+
+import dataclasses
+import itertools
+import json
+import os
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+import jax  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from kdjax import cli  # noqa: E402
+from kdjax import logs  # noqa: E402
+from kdjax import methods  # noqa: E402
+from kdjax import train  # noqa: E402
+from kdjax.data import input_pipeline  # noqa: E402
+from kdjax.errors import KdjaxError  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Recipe file.', lock_config=True)
+flags.DEFINE_integer('steps', 20, 'Timed iterations per measurement (after 2 warm-up calls).')
+flags.DEFINE_string('json_out', None, 'Also write the results to this JSON file.')
+FLAGS = flags.FLAGS
+
+
+def _time(fn, steps):
+  """Seconds per call of fn() after two warm-up calls (the first one compiles)."""
+  for _ in range(2):
+    jax.block_until_ready(fn())
+  start = time.perf_counter()
+  for _ in range(steps):
+    out = fn()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / steps
+
+
+def benchmark(config, steps=20) -> dict:
+  """Measures the four throughputs of `config` on this machine's devices."""
+  setup = train.build(config)
+  mesh = train.make_mesh()
+  local_batch = config.batch_size // jax.process_count()
+  pipeline = input_pipeline.train_batches(config, setup.builder, start_step=0,
+                                          local_batch_size=local_batch,
+                                          steps_per_epoch=setup.steps_per_epoch)
+  first = next(pipeline)
+  batch = train.global_batch(first, mesh)
+  results = {'config_batch_size': config.batch_size, 'devices': jax.device_count(),
+             'device_kind': jax.devices()[0].device_kind, 'steps': steps}
+
+  def step_time(s):
+    step = train.compile_train_step(s, mesh)
+    state = [train.create_state(s, mesh, config.seed)]
+    teacher = (jax.device_put(s.teacher_variables, train.replicated(mesh))
+               if s.teacher is not None else None)
+
+    def one():
+      state[0], metrics = step(state[0], teacher, batch)
+      return metrics['loss']
+    return _time(one, steps)
+
+  ce_only = methods.build_terms({'ce': {'weight': 1.0}})
+  student_setup = dataclasses.replace(setup, terms=ce_only, teacher=None, teacher_variables=None,
+                                      student_taps=[], teacher_taps=[])
+  t_student = step_time(student_setup)
+  results['student_step'] = config.batch_size / t_student
+  if setup.teacher is not None:
+    forward = jax.jit(lambda v, x: train.teacher_forward(setup.teacher, v, x, setup.teacher_taps))
+    teacher = jax.device_put(setup.teacher_variables, train.replicated(mesh))
+    t_teacher = _time(lambda: forward(teacher, batch['image']), steps)
+    t_full = step_time(setup)
+    results['teacher_forward'] = config.batch_size / t_teacher
+    results['distill_step'] = config.batch_size / t_full
+    results['distill_over_sum'] = t_full / (t_student + t_teacher)
+  start = time.perf_counter()
+  n = sum(1 for _ in itertools.islice(pipeline, steps))
+  results['input_pipeline'] = n * local_batch / (time.perf_counter() - start)
+  return results
+
+
+def format_table(results) -> str:
+  rows = [('student_step', 'student train step'), ('teacher_forward', 'teacher forward'),
+          ('distill_step', 'distillation step'), ('input_pipeline', 'input pipeline (per host)')]
+  lines = [f"{results['devices']} x {results['device_kind']}, global batch "
+           f"{results['config_batch_size']}, {results['steps']} timed steps"]
+  for key, name in rows:
+    if key in results:
+      lines.append(f'  {name:<28s}{results[key]:>10.1f} images/s')
+  if 'distill_over_sum' in results:
+    lines.append(f"  distill / (student + teacher) {results['distill_over_sum']:>8.2f}")
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  logs.setup()
+  try:
+    results = benchmark(_CONFIG.value, FLAGS.steps)
+  except KdjaxError as e:
+    cli.fail(str(e))
+  print(format_table(results))
+  print(json.dumps(results))
+  if FLAGS.json_out:
+    with open(FLAGS.json_out, 'w') as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.config_flags_parser(_CONFIG, require_workdir=False))
