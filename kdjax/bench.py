@@ -76,11 +76,12 @@ def benchmark(config, steps=20) -> dict:
 
   ce_only = methods.build_terms({'ce': {'weight': 1.0}})
   student_setup = dataclasses.replace(setup, terms=ce_only, teacher=None, teacher_variables=None,
-                                      student_taps=[], teacher_taps=[])
+                                      models={'student': setup.student}, taps={'student': []})
   t_student = step_time(student_setup)
   results['student_step'] = config.batch_size / t_student
   if setup.teacher is not None:
-    forward = jax.jit(lambda v, x: train.teacher_forward(setup.teacher, v, x, setup.teacher_taps))
+    forward = jax.jit(lambda v, x: train.teacher_forward(setup.teacher, v, x,
+                                                                setup.taps['teacher']))
     teacher = jax.device_put(setup.teacher_variables, train.replicated(mesh))
     t_teacher = _time(lambda: forward(teacher, batch['image']), steps)
     t_full = step_time(setup)

@@ -74,7 +74,8 @@ class Manager:
     metadata = {
         'step': int(step),
         'config': json.loads(self._config.to_json_best_effort()),
-        'student_model': self._config.student.model,
+        'export': self._config.export,
+        'student_model': self._config[self._config.export].model,  # the exported network
         'num_classes': setup.info.num_classes,
         'image_shape': list(setup.info.image_shape),
         'teacher': setup.teacher_source,
@@ -101,13 +102,15 @@ def latest_metadata(workdir):
 
 
 def restore_student(workdir):
-  """(student variables, metadata) from the latest training checkpoint of `workdir`."""
+  """(variables, metadata) of the exported network (`config.export`, by default the student)
+  in the latest training checkpoint of `workdir`."""
   step, manager, metadata = latest_metadata(workdir)
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   state = restored.state
-  variables = {'params': state['params']['student']}
-  if state['batch_stats']['student']:
-    variables['batch_stats'] = state['batch_stats']['student']
+  name = metadata.get('export', 'student')
+  variables = {'params': state['params'][name]}
+  if state['batch_stats'][name]:
+    variables['batch_stats'] = state['batch_stats'][name]
   manager.close()
   return jax.tree.map(np.asarray, variables), metadata
 

@@ -50,6 +50,8 @@ def base_config():
   ))
   c.student = ml_collections.ConfigDict(dict(model='', dtype='float32'))
   c.teacher = ml_collections.ConfigDict(dict(model='', checkpoint='', dtype='float32'))
+  c.peer = ml_collections.ConfigDict(dict(model='', dtype='float32'))  # DML's second network
+  c.export = 'student'          # the trainable network that export and teacher loading take
   c.losses = ml_collections.ConfigDict()
   return c
 

@@ -72,8 +72,8 @@ def global_batch(local_batch: dict, mesh) -> dict:
 class TrainState:
   """Everything that is trained and checkpointed. The teacher is not in here."""
   step: jax.Array
-  params: Any        # {'student': ...}; methods with connectors add {'connectors': ...}
-  batch_stats: Any   # {'student': ...}
+  params: Any        # {'student': ...}; with a peer (DML) also {'peer': ...}
+  batch_stats: Any   # the same keys
   opt_state: Any
 
 
@@ -86,18 +86,24 @@ class Setup:
   steps_per_epoch: int
   total_steps: int
   terms: list
-  student: Any
+  models: dict               # trainable networks: {'student': model[, 'peer': model]}
   teacher: Any               # None when no term reads a teacher
   teacher_variables: Any     # host arrays, or None
   teacher_source: dict
-  student_taps: list
-  teacher_taps: list
+  taps: dict                 # network name -> tap names the terms read (logits excluded)
   tx: Any
   schedule: Any
 
+  @property
+  def student(self):
+    return self.models['student']
 
-def _dtype(name):
-  return {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[name]
+
+def _dtype(name, key):
+  dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+  if name not in dtypes:
+    raise KdjaxError(f"unknown {key} '{name}'; valid: {', '.join(dtypes)}")
+  return dtypes[name]
 
 
 def _check_config(config):
@@ -111,51 +117,65 @@ def _check_config(config):
                        f'set --config.{key} to a multiple of {jax.device_count()}')
   if config.num_epochs <= 0 and config.num_train_steps <= 0:
     raise KdjaxError('set num_epochs or num_train_steps to a positive number')
+  if config.export not in methods.TRAINABLE:
+    raise KdjaxError(f"export must be one of {', '.join(methods.TRAINABLE)}, got "
+                     f"'{config.export}'")
+
+
+def _network(config, name, info, input_shape, tap_names):
+  """Builds network `name` from config.<name>.model and checks that its taps exist."""
+  if not config[name].model:
+    raise KdjaxError(f'the losses read the {name} but {name}.model is empty; set '
+                     f'--config.{name}.model')
+  model = models.get_model(config[name].model, num_classes=info.num_classes,
+                           dtype=_dtype(config[name].dtype, f'{name}.dtype'),
+                           config_key=f'{name}.model')
+  taps_lib.check(model, tap_names, input_shape, where=name)
+  return model
 
 
 def build(config) -> Setup:
   """Validates the config against data, models, taps and the teacher. Writes nothing."""
   _check_config(config)
-  terms = methods.build_terms(config.losses)
+  terms = methods.build_terms(config.losses, batch_size=config.batch_size)
   builder = input_pipeline.get_builder(config)
   info = input_pipeline.dataset_info(config, builder)
   spe = input_pipeline.steps_per_epoch(config, info)
   total = (config.num_train_steps if config.num_train_steps > 0
            else math.ceil(config.num_epochs * spe))
   input_shape = (1,) + info.image_shape
-
-  student = models.get_model(config.student.model, num_classes=info.num_classes,
-                             dtype=_dtype(config.student.dtype), config_key='student.model')
-  student_taps = methods.taps(terms, 'student')
-  taps_lib.check(student, student_taps, input_shape, where='student')
+  used = methods.networks(terms)
+  tap_names = {name: methods.taps(terms, name) for name in methods.NETWORKS}
+  trainable = {'student': _network(config, 'student', info, input_shape, tap_names['student'])}
+  if 'peer' in used or config.peer.model:
+    trainable['peer'] = _network(config, 'peer', info, input_shape, tap_names['peer'])
+  if config.export not in trainable:
+    raise KdjaxError(f"export='{config.export}' but the recipe trains no {config.export}")
 
   teacher = teacher_variables = None
-  teacher_taps, source = [], {}
-  if methods.needs_teacher(terms):
-    if not config.teacher.model:
-      raise KdjaxError('the losses read a teacher but teacher.model is empty; set '
-                       '--config.teacher.model (and teacher.checkpoint)')
-    teacher = models.get_model(config.teacher.model, num_classes=info.num_classes,
-                               dtype=_dtype(config.teacher.dtype), config_key='teacher.model')
-    teacher_taps = methods.taps(terms, 'teacher')
-    taps_lib.check(teacher, teacher_taps, input_shape, where='teacher')
+  source = {}
+  if 'teacher' in used:
+    teacher = _network(config, 'teacher', info, input_shape, tap_names['teacher'])
     teacher_variables, source = checkpoint.load_teacher(
         config.teacher.checkpoint, teacher, input_shape, allow_random=config.smoke,
         seed=config.seed)
   tx, schedule = make_optimizer(config.optimizer, batch_size=config.batch_size,
                                 steps_per_epoch=spe, total_steps=total)
   return Setup(config=config, info=info, builder=builder, steps_per_epoch=spe,
-               total_steps=total, terms=terms, student=student, teacher=teacher,
+               total_steps=total, terms=terms, models=trainable, teacher=teacher,
                teacher_variables=teacher_variables, teacher_source=source,
-               student_taps=student_taps, teacher_taps=teacher_taps, tx=tx, schedule=schedule)
+               taps={k: v for k, v in tap_names.items() if k in trainable or k == 'teacher'},
+               tx=tx, schedule=schedule)
 
 
 def init_state(setup: Setup, rng) -> TrainState:
-  """Random student variables and a fresh optimizer state (run under jit for sharding)."""
+  """Random variables for every trainable network and a fresh optimizer state."""
   x = jnp.zeros((1,) + setup.info.image_shape, jnp.float32)
-  variables = setup.student.init(rng, x, train=False)
-  params = {'student': variables['params']}
-  batch_stats = {'student': variables.get('batch_stats', {})}
+  params, batch_stats = {}, {}
+  for i, (name, model) in enumerate(sorted(setup.models.items())):
+    variables = model.init(jax.random.fold_in(rng, i), x, train=False)
+    params[name] = variables['params']
+    batch_stats[name] = variables.get('batch_stats', {})
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                     opt_state=setup.tx.init(params))
 
@@ -214,33 +234,37 @@ def teacher_forward(teacher, teacher_variables, images, tap_names):
 
 def make_train_step(setup: Setup):
   """Returns step(state, teacher_variables, batch) -> (state, metrics), pure and jittable."""
-  terms, student, teacher = setup.terms, setup.student, setup.teacher
+  terms, teacher = setup.terms, setup.teacher
   spe = setup.steps_per_epoch
 
   def step(state, teacher_variables, batch):
     images = batch['image']
-    t_out = (teacher_forward(teacher, teacher_variables, images, setup.teacher_taps)
-             if teacher is not None else {})
+    out = {}
+    if teacher is not None:
+      out['teacher'] = teacher_forward(teacher, teacher_variables, images, setup.taps['teacher'])
     epoch = state.step // spe + 1  # 1-based, constant within an epoch (ALGORITHMS.md §1.4)
 
     def loss_fn(params):
-      variables = {'params': params['student'], 'batch_stats': state.batch_stats['student']}
-      logits, feats, new_vars = taps_lib.apply(student, variables, images,
-                                               taps=setup.student_taps, train=True,
-                                               mutable=('batch_stats',))
-      s_out = {'logits': logits.astype(jnp.float32), **feats}
-      values = {t.name: t(s_out, t_out, batch) for t in terms}
-      total = sum(t.weight * t.factor(epoch) * values[t.name] for t in terms)
-      return total, (values, new_vars.get('batch_stats', {}))
+      new_stats = {}
+      for name, model in setup.models.items():
+        variables = {'params': params[name], 'batch_stats': state.batch_stats[name]}
+        logits, feats, new = taps_lib.apply(model, variables, images, taps=setup.taps[name],
+                                            train=True, mutable=('batch_stats',))
+        out[name] = {'logits': logits.astype(jnp.float32),
+                     **{k: v.astype(jnp.float32) for k, v in feats.items()}}
+        new_stats[name] = new.get('batch_stats', {})
+      values = {t.name: t(out, batch) for t in terms}
+      total = sum(t.weight_at(epoch) * t.factor(epoch) * values[t.name] for t in terms)
+      return total, (values, new_stats)
 
-    (total, (values, new_bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (total, (values, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params,
-                              batch_stats={'student': new_bs}, opt_state=opt_state)
-    out = {'loss': total, 'lr': setup.schedule(state.step)}
-    out.update({f'loss/{k}': v for k, v in values.items()})
-    return new_state, out
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
+                              opt_state=opt_state)
+    metrics = {'loss': total, 'lr': setup.schedule(state.step)}
+    metrics.update({f'loss/{k}': v for k, v in values.items()})
+    return new_state, metrics
 
   return step
 
@@ -307,8 +331,8 @@ def evaluate(eval_step, variables, teacher_variables, batches, mesh) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def _student_variables(state):
-  return {'params': state.params['student'], 'batch_stats': state.batch_stats['student']}
+def network_variables(state, name):
+  return {'params': state.params[name], 'batch_stats': state.batch_stats[name]}
 
 
 def train_and_evaluate(config, workdir: str, setup: Setup | None = None, mesh=None) -> dict:
@@ -331,26 +355,36 @@ def train_and_evaluate(config, workdir: str, setup: Setup | None = None, mesh=No
 
   writer = metrics_lib.Writer(workdir)
   train_step = compile_train_step(setup, mesh)
-  student_eval = jax.jit(make_eval_step(setup.student, setup.teacher))
+  eval_steps = {name: jax.jit(make_eval_step(model, setup.teacher))
+                for name, model in setup.models.items()}
 
-  def run_eval(step, variables, model_name):
+  def run_eval(step, model_name):
+    """Evaluates one network on the whole eval split and writes the eval line."""
     batches = input_pipeline.eval_batches(config, setup.builder, local_batch_size=eval_local_batch)
     if model_name == 'teacher':
       result = evaluate(jax.jit(make_eval_step(setup.teacher)), teacher_variables, None,
                         batches, mesh)
     else:
-      result = evaluate(student_eval, variables, teacher_variables, batches, mesh)
+      result = evaluate(eval_steps[model_name], network_variables(state, model_name),
+                        teacher_variables, batches, mesh)
     writer.write_eval(step, config.input.eval_split, model_name, result)
     return result
 
-  if setup.teacher is not None and start_step == 0:
-    run_eval(0, None, 'teacher')
-  if start_step >= setup.total_steps:
-    logging.info('The run in %s is already complete (step %d).', workdir, start_step)
-    result = run_eval(start_step, _student_variables(state), 'student')
+  def run_evals(step):
+    """Evaluates every trainable network; returns the exported network's result."""
+    results = {name: run_eval(step, name) for name in setup.models}
+    return results[config.export]
+
+  def finish(result):
     manager.close()
     writer.close()
     return result
+
+  if setup.teacher is not None and start_step == 0:
+    run_eval(0, 'teacher')
+  if start_step >= setup.total_steps:
+    logging.info('The run in %s is already complete (step %d).', workdir, start_step)
+    return finish(run_evals(start_step))
 
   batches = input_pipeline.train_batches(config, setup.builder, start_step=start_step,
                                          local_batch_size=local_batch,
@@ -374,10 +408,8 @@ def train_and_evaluate(config, workdir: str, setup: Setup | None = None, mesh=No
       progress.log(step, means)
       pending, last_log = [], now
     if step % eval_every == 0 or step == setup.total_steps:
-      result = run_eval(step, _student_variables(state), 'student')
+      result = run_evals(step)
       last_log = time.perf_counter()  # Keep eval time out of the training throughput.
     if step % config.checkpoint_every_steps == 0 or step == setup.total_steps:
       manager.save(step, state, setup)
-  manager.close()
-  writer.close()
-  return result
+  return finish(result)
