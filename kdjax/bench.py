@@ -57,7 +57,8 @@ def benchmark(config, steps=20) -> dict:
   local_batch = config.batch_size // jax.process_count()
   pipeline = input_pipeline.train_batches(config, setup.builder, start_step=0,
                                           local_batch_size=local_batch,
-                                          steps_per_epoch=setup.steps_per_epoch)
+                                          steps_per_epoch=setup.steps_per_epoch,
+                                          unlabeled_builder=setup.unlabeled_builder)
   first = next(pipeline)
   batch = train.global_batch(first, mesh)
   results = {'config_batch_size': config.batch_size, 'devices': jax.device_count(),

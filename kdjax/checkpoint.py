@@ -6,8 +6,9 @@ Layout of a workdir:
 An export (`python -m kdjax.export`) is a folder with `variables/` (student params and
 batch_stats only) and `kdjax_export.json`.
 
-A teacher checkpoint may be either of these two, and is checked against the teacher model's
-variable names and shapes before training starts.
+A teacher checkpoint may be either of these two, or a torchvision/timm state dict file
+(`.safetensors`, or `.pth` with torch installed; see `kdjax.torch_import`), and is checked
+against the teacher model's variable names and shapes before training starts.
 """
 
 import hashlib
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from kdjax import torch_import
 from kdjax.errors import KdjaxError
 
 EXPORT_METADATA = 'kdjax_export.json'
@@ -177,19 +179,19 @@ def load_teacher(path, model, input_shape, *, allow_random=False, seed=0):
                                           jnp.zeros(input_shape, jnp.float32), train=False))
     return variables, {'source': 'random-init (smoke)', 'sha256': tree_hash(variables)}
   if not os.path.exists(path):
-    raise KdjaxError(f"teacher.checkpoint '{path}' does not exist; point it at a kdjax workdir "
-                     'or export folder')
+    raise KdjaxError(f"teacher.checkpoint '{path}' does not exist; point it at a kdjax workdir, "
+                     'an export folder or a torchvision/timm state dict (.safetensors, .pth)')
   try:
     if os.path.exists(os.path.join(path, EXPORT_METADATA)):
       variables, _ = load_exported(path)
     elif os.path.isdir(os.path.join(path, 'checkpoints')):
       variables, _ = restore_student(path)
     elif os.path.isfile(path):
-      raise KdjaxError(f"teacher.checkpoint '{path}' is a file; this version of kdjax reads "
-                       'kdjax workdirs and export folders (python -m kdjax.export)')
+      variables = torch_import.load(path, model, input_shape)
     else:
       raise KdjaxError(f"teacher.checkpoint '{path}' is neither a kdjax workdir (no "
-                       f'checkpoints/) nor an export folder (no {EXPORT_METADATA})')
+                       f'checkpoints/), an export folder (no {EXPORT_METADATA}) nor a state '
+                       'dict file')
   except KdjaxError:
     raise
   except Exception as e:  # Orbax/tensorstore errors on unreadable or truncated files.

@@ -26,6 +26,13 @@ def base_config():
       mean=(0.5,), std=(0.5,),      # per channel, on [0, 1] pixels
       shuffle_buffer=10_000,
       num_labeled=0,                # > 0: only examples with id < num_labeled keep their label
+      # A second source of images mixed into every training batch with label -1 (SSLD).
+      unlabeled=ml_collections.ConfigDict(dict(
+          dataset='',               # TFDS name; '' = `dataset`
+          data_dir='',              # '' = `data_dir`
+          split='train',
+          fraction=0.0,             # share of each training batch; 0 = none
+      )),
       prefetch_batches=2,
   ))
   c.batch_size = 64             # global, over all devices and processes

@@ -62,3 +62,39 @@ def digits(arg, *, allowed=('smoke',)):
     c.log_every_steps = 5
     c.checkpoint_every_steps = 10
   return c, arg
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet(arg, *, allowed=('smoke',)):
+  """mdistiller's ImageNet recipe: SGD momentum 0.9, lr 0.2 at batch 512 (scaled linearly with
+  the global batch), 100 epochs, decay x0.1 at 30/60/90, weight decay 1e-4; Inception crop 224 +
+  flip for training, resize 256 + centre crop 224 for evaluation; ResNet-34 -> ResNet-18.
+  `smoke`: 4 steps of batch 8 at 64x64 (same code path, tiny sizes)."""
+  arg = config_base.parse_arg(arg, allowed=allowed)
+  c = config_base.base_config()
+  c.dataset = 'imagenet2012'
+  c.input.update(train_split='train', eval_split='validation', image_size=224,
+                 train_augment='inception_crop_flip', eval_preprocess='resize_center_crop',
+                 eval_resize_size=256, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 shuffle_buffer=16_384, prefetch_batches=4)
+  c.batch_size = 512
+  c.eval_batch_size = 1000
+  c.num_epochs = 100
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 2500
+  c.optimizer.update(name='sgd', learning_rate=0.2, lr_base_batch_size=512, momentum=0.9,
+                     weight_decay=1e-4, schedule='step', decay_epochs=(30, 60, 90))
+  c.student.model = 'resnet18'
+  c.teacher.model = 'resnet34'
+  if arg == 'smoke':
+    c.smoke = True
+    c.batch_size = 8
+    c.eval_batch_size = 8
+    c.num_train_steps = 4
+    c.log_every_steps = 2
+    c.checkpoint_every_steps = 2
+    c.input.update(image_size=64, eval_resize_size=73, shuffle_buffer=64)
+  return c, arg

@@ -83,6 +83,7 @@ class Setup:
   config: Any
   info: input_pipeline.DatasetInfo
   builder: Any
+  unlabeled_builder: Any     # the source of input.unlabeled, or None
   steps_per_epoch: int
   total_steps: int
   terms: list
@@ -139,6 +140,7 @@ def build(config) -> Setup:
   _check_config(config)
   terms = methods.build_terms(config.losses, batch_size=config.batch_size)
   builder = input_pipeline.get_builder(config)
+  unlabeled_builder = input_pipeline.get_unlabeled_builder(config)
   info = input_pipeline.dataset_info(config, builder)
   spe = input_pipeline.steps_per_epoch(config, info)
   total = (config.num_train_steps if config.num_train_steps > 0
@@ -161,7 +163,8 @@ def build(config) -> Setup:
         seed=config.seed)
   tx, schedule = make_optimizer(config.optimizer, batch_size=config.batch_size,
                                 steps_per_epoch=spe, total_steps=total)
-  return Setup(config=config, info=info, builder=builder, steps_per_epoch=spe,
+  return Setup(config=config, info=info, builder=builder,
+               unlabeled_builder=unlabeled_builder, steps_per_epoch=spe,
                total_steps=total, terms=terms, models=trainable, teacher=teacher,
                teacher_variables=teacher_variables, teacher_source=source,
                taps={k: v for k, v in tap_names.items() if k in trainable or k == 'teacher'},
@@ -388,7 +391,8 @@ def train_and_evaluate(config, workdir: str, setup: Setup | None = None, mesh=No
 
   batches = input_pipeline.train_batches(config, setup.builder, start_step=start_step,
                                          local_batch_size=local_batch,
-                                         steps_per_epoch=setup.steps_per_epoch)
+                                         steps_per_epoch=setup.steps_per_epoch,
+                                         unlabeled_builder=setup.unlabeled_builder)
   eval_every = (max(1, round(config.eval_every_epochs * setup.steps_per_epoch))
                 if config.eval_every_epochs > 0 else setup.total_steps)
   progress = metrics_lib.Progress(setup.total_steps, start_step)

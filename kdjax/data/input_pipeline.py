@@ -38,31 +38,48 @@ class DatasetInfo:
   num_eval: int       # examples in the eval split (all processes)
 
 
-def get_builder(config):
-  """The prepared TFDS builder for `config.dataset`, or a KdjaxError saying how to prepare it."""
+def _prepared_builder(name, data_dir, splits, key):
+  """The prepared TFDS builder `name` with `splits`, or a KdjaxError saying how to get it."""
   try:
-    builder = tfds.builder(config.dataset, data_dir=config.data_dir)
+    builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise KdjaxError(f"unknown TFDS dataset '{config.dataset}' (dataset); use a name from "
+    raise KdjaxError(f"unknown TFDS dataset '{name}' ({key}); use a name from "
                      'tfds.list_builders() or uci_digits') from e
-  if config.dataset in EMBEDDED_DATASETS and not _is_prepared(builder):
+  if name in EMBEDDED_DATASETS and not _is_prepared(builder):
     builder.download_and_prepare()
   if not _is_prepared(builder):
-    where = config.data_dir or tfds.core.constants.DATA_DIR
+    where = data_dir or tfds.core.constants.DATA_DIR
     manual = ''
-    if config.dataset.startswith('imagenet2012'):
+    if name.startswith('imagenet2012'):
       manual = (' For imagenet2012 put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in '
                 f'{where}/downloads/manual first.')
-    raise KdjaxError(f"dataset '{config.dataset}' is not prepared in data_dir '{where}' "
-                     f'(dataset, data_dir): run `tfds build {config.dataset} --data_dir={where}` '
-                     f'or point --config.data_dir at a folder that holds it.{manual}')
-  for split in (config.input.train_split, config.input.eval_split):
+    raise KdjaxError(f"dataset '{name}' is not prepared in data_dir '{where}' ({key}, "
+                     f'data_dir): run `tfds build {name} --data_dir={where}` or point '
+                     f'--config.data_dir at a folder that holds it.{manual}')
+  for split in splits:
     try:
       builder.info.splits[split].num_examples
     except (KeyError, ValueError) as e:
-      raise KdjaxError(f"split '{split}' not found in {config.dataset} (input.train_split / "
-                       f'input.eval_split); available: {", ".join(builder.info.splits)}') from e
+      raise KdjaxError(f"split '{split}' not found in {name} ({key} splits); available: "
+                       f'{", ".join(builder.info.splits)}') from e
   return builder
+
+
+def get_builder(config):
+  """The prepared builder of `config.dataset` (train and eval splits checked)."""
+  return _prepared_builder(config.dataset, config.data_dir,
+                           (config.input.train_split, config.input.eval_split), 'dataset')
+
+
+def get_unlabeled_builder(config):
+  """The builder of the unlabeled source mixed into training batches, or None."""
+  unl = config.input.unlabeled
+  if unl.fraction <= 0:
+    return None
+  if not 0 < unl.fraction < 1:
+    raise KdjaxError(f'input.unlabeled.fraction must be in [0, 1), got {unl.fraction}')
+  return _prepared_builder(unl.dataset or config.dataset, unl.data_dir or config.data_dir,
+                           (unl.split,), 'input.unlabeled')
 
 
 def _is_prepared(builder):
@@ -87,12 +104,18 @@ def dataset_info(config, builder=None) -> DatasetInfo:
       num_eval=builder.info.splits[config.input.eval_split].num_examples)
 
 
+def batch_split(config, batch_size):
+  """(labelled, unlabeled) examples in a batch of `batch_size` (input.unlabeled.fraction)."""
+  unlabeled = round(batch_size * max(config.input.unlabeled.fraction, 0.0))
+  return batch_size - unlabeled, unlabeled
+
+
 def steps_per_epoch(config, info: DatasetInfo) -> int:
-  """Optimizer steps per epoch: every process has the same shard size, remainders dropped."""
+  """Optimizer steps per epoch (of the train split; unlabeled sources cycle on their own)."""
   per_process = info.num_train // jax.process_count()
-  local_batch = config.batch_size // jax.process_count()
-  steps = per_process // local_batch
-  if steps == 0:
+  local_batch = batch_split(config, config.batch_size)[0] // jax.process_count()
+  steps = per_process // max(local_batch, 1)
+  if steps == 0 or local_batch == 0:
     raise KdjaxError(f'batch_size {config.batch_size} is larger than the train split '
                      f'({info.num_train} examples over {jax.process_count()} processes); '
                      'lower --config.batch_size')
@@ -107,7 +130,10 @@ def _decoders(config):
 
 
 def _hide_labels(example, num_labeled):
-  """Few-label setting: keep the labels of the examples with id < num_labeled, -1 elsewhere."""
+  """Few-label setting: keep the labels of the examples with id < num_labeled, -1 elsewhere;
+  num_labeled -1 hides every label (an unlabeled source), 0 keeps them all."""
+  if num_labeled < 0:
+    return tf.constant(-1, tf.int32)
   label = tf.cast(example['label'], tf.int32)
   if num_labeled > 0:
     label = tf.where(example['id'] < num_labeled, label, -1)
@@ -115,36 +141,65 @@ def _hide_labels(example, num_labeled):
 
 
 def train_batches(config, builder, *, start_step: int, local_batch_size: int,
-                  steps_per_epoch: int) -> Iterator[dict]:
-  """Yields this process's training batches from `start_step` on, forever (epoch after epoch)."""
+                  steps_per_epoch: int, unlabeled_builder=None) -> Iterator[dict]:
+  """Yields this process's training batches from `start_step` on, forever (epoch after epoch).
+
+  With `input.unlabeled.fraction > 0`, that fraction of every batch comes from the unlabeled
+  source (labels -1), appended after the labelled examples; both streams are resumable.
+  """
+  inp = config.input
+  n_labeled, n_unlabeled = batch_split(config, local_batch_size)
+  labeled = _epochs(config, builder, inp.train_split, start_step=start_step, batch=n_labeled,
+                    steps_per_epoch=steps_per_epoch, seed=config.seed,
+                    num_labeled=inp.num_labeled)
+  if not n_unlabeled:
+    yield from labeled
+    return
+  if unlabeled_builder is None:
+    unlabeled_builder = get_unlabeled_builder(config)
+  split = inp.unlabeled.split
+  per_process = unlabeled_builder.info.splits[split].num_examples // jax.process_count()
+  if per_process < n_unlabeled:
+    raise KdjaxError(f'input.unlabeled.split {split} has fewer examples ({per_process} per '
+                     f'process) than the {n_unlabeled} unlabeled examples per batch')
+  unlabeled = _epochs(config, unlabeled_builder, split, start_step=start_step,
+                      batch=n_unlabeled, steps_per_epoch=per_process // n_unlabeled,
+                      seed=config.seed + 7919, num_labeled=-1)
+  for a, b in zip(labeled, unlabeled):
+    yield {k: np.concatenate([a[k], b[k]]) for k in a if k in b}
+
+
+def _epochs(config, builder, split_name, *, start_step, batch, steps_per_epoch, seed,
+            num_labeled):
+  """Batches of one source, epoch after epoch; `num_labeled` -1 hides every label."""
   inp = config.input
   augment = preprocess.train_op(inp.train_augment, image_size=inp.image_size,
                                crop_padding=inp.crop_padding)
-  split = tfds.split_for_jax_process(inp.train_split, drop_remainder=True)
+  split = tfds.split_for_jax_process(split_name, drop_remainder=True)
   has_id = _has_integer_id(builder)
-  if inp.num_labeled > 0 and not has_id:
-    raise KdjaxError(f"input.num_labeled needs an integer 'id' feature; {config.dataset} has none")
+  if num_labeled > 0 and not has_id:
+    raise KdjaxError(f"input.num_labeled needs an integer 'id' feature; {builder.name} has none")
 
   def prepare(index, example, epoch_seed):
     seed = tf.stack([epoch_seed, tf.cast(index, tf.int64)])
     image = preprocess.normalize(augment(example['image'], seed), inp.mean, inp.std)
-    out = {'image': image, 'label': _hide_labels(example, inp.num_labeled)}
+    out = {'image': image, 'label': _hide_labels(example, num_labeled)}
     if has_id:
       out['id'] = tf.cast(example['id'], tf.int32)
     return out
 
   epoch, skip_batches = divmod(start_step, steps_per_epoch)
   while True:
-    epoch_seed = config.seed * 1_000_003 + epoch
+    epoch_seed = seed * 1_000_003 + epoch
     read_config = tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16,
                                   skip_prefetch=True)
     ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config,
                             decoders=_decoders(config))
     ds = ds.shuffle(inp.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-    ds = ds.enumerate().skip(skip_batches * local_batch_size)
+    ds = ds.enumerate().skip(skip_batches * batch)
     ds = ds.map(lambda i, ex: prepare(i, ex, tf.constant(epoch_seed, tf.int64)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch_size, drop_remainder=True)
+    ds = ds.batch(batch, drop_remainder=True)
     ds = ds.take(steps_per_epoch - skip_batches).prefetch(inp.prefetch_batches)
     yield from tfds.as_numpy(ds)
     epoch, skip_batches = epoch + 1, 0

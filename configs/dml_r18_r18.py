@@ -1,0 +1,26 @@
+r"""DML, deep mutual learning (PaddleClas joint form): two ResNet-18 peers trained together.
+
+  python -m kdjax.main --config=configs/dml_r18_r18.py --workdir=W
+
+Hardware: 8 GPUs or a TPU pod slice. `:smoke`: 4 steps at 64x64 on a CPU. No teacher.
+Loss: CE(student) + CE(peer) + DML(student, peer), each weight 1; both networks trainable in one
+step with one optimizer, both evaluated; `export` names the exported one (the student)
+(PaddleClas `PPLCNet_x2_5_dml.yaml`: cosine lr 0.4 at batch 1024 with 5 warm-up epochs, 100
+epochs; ALGORITHMS.md §3.6). Weight decay 1e-4 (PaddleClas uses 4e-5 for its light PPLCNet peers).
+Expected top-1: not checked here for ResNet-18 peers.
+"""
+
+from kdjax import config_base
+from kdjax import recipes
+
+
+def get_config(arg=None):
+  c, _ = recipes.imagenet(arg)
+  c.teacher.model = ''
+  c.peer.model = 'resnet18'
+  c.optimizer.update(learning_rate=0.4, lr_base_batch_size=1024, schedule='cosine',
+                     warmup_epochs=5)
+  c.losses.ce = dict(weight=1.0)
+  c.losses.ce_peer = dict(method='ce', weight=1.0, network='peer')
+  c.losses.dml = dict(weight=1.0)
+  return config_base.lock_config(c)
