@@ -38,3 +38,19 @@ def run_cli(module, *args, timeout=300):
   """Runs `python -m <module> <args>` from the repository root; returns CompletedProcess."""
   return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, env=cli_env(),
                         capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope='session')
+def imagenet_data_dir(tmp_path_factory):
+  """A miniature imagenet2012 (4 synsets), prepared by the real TFDS builder from tar files."""
+  import mini_imagenet  # pylint: disable=g-import-not-at-top
+  return mini_imagenet.prepare(str(tmp_path_factory.mktemp('tfds_imagenet')))
+
+
+def load_recipe(name, arg=''):
+  """configs/<name>.py's get_config(arg), as the CLI loads it."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg), module.__doc__

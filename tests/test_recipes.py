@@ -1,0 +1,144 @@
+"""Every recipe: declared keys, docstring, smoke mode; peer and unlabeled-data methods; CLI smokes.
+
+The ImageNet recipes' `:smoke` runs compile a ResNet-34 and a ResNet-18 (~40 s each on 2 cores):
+one runs in the default suite, the others are marked `slow` (`python -m pytest -q -m slow`).
+"""
+
+import glob
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import conftest
+from kdjax import methods
+from kdjax import train
+from kdjax.data import input_pipeline
+
+RECIPES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(conftest.ROOT, 'configs',
+                                                                            '*.py')))
+IMAGENET = [r for r in RECIPES if r.endswith(('r34_r18', 'r18_r18')) or r == 'train_r34']
+
+
+@pytest.mark.parametrize('name', RECIPES)
+def test_recipe_is_complete(name):
+  for arg in ('', 'smoke'):
+    config, doc = conftest.load_recipe(name, arg)
+    assert config.is_locked
+    assert config.smoke == (arg == 'smoke')
+    methods.build_terms(config.losses, batch_size=config.batch_size)
+    assert config.student.model
+  assert 'python -m kdjax.main --config=configs/' + name + '.py' in doc
+  assert 'Expected' in doc and 'top-1' in doc and 'Hardware' in doc
+
+
+def test_recipes_cover_the_response_methods():
+  used = set()
+  for name in RECIPES:
+    config, _ = conftest.load_recipe(name)
+    used |= {dict(t).get('method') or k for k, t in config.losses.items()}
+  assert {'ce', 'kd', 'dkd', 'dist', 'wsl', 'skd', 'ssld', 'dml'} <= used
+
+
+def _read_metrics(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def _cli_smoke(name, workdir, data_dir):
+  proc = conftest.run_cli('kdjax.main', f'--config=configs/{name}.py:smoke',
+                          f'--workdir={workdir}', f'--config.data_dir={data_dir}', timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = _read_metrics(workdir)
+  losses = [r for r in records if 'loss' in r]
+  assert [r['step'] for r in losses] == [2, 4]
+  assert all(np.isfinite(r['loss']) for r in losses)
+  return records, proc
+
+
+def test_dkd_r34_r18_smoke_on_a_miniature_imagenet(tmp_path, imagenet_data_dir):
+  records, proc = _cli_smoke('dkd_r34_r18', tmp_path, imagenet_data_dir)
+  assert 'RANDOMLY INITIALISED' in proc.stderr
+  evals = [(r['model'], r['step']) for r in records if 'split' in r]
+  assert evals[0] == ('teacher', 0) and evals[-1] == ('student', 4)
+  assert {'loss/ce', 'loss/dkd'} <= set(records[-2])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', [r for r in IMAGENET if r != 'dkd_r34_r18'])
+def test_imagenet_recipe_smoke(tmp_path, imagenet_data_dir, name):
+  records, _ = _cli_smoke(name, tmp_path, imagenet_data_dir)
+  models = {r['model'] for r in records if 'split' in r}
+  assert models >= ({'student', 'peer'} if name.startswith('dml') else {'student'})
+
+
+@pytest.mark.slow
+def test_cifar_dist_smoke(tmp_path, cifar_data_dir):
+  proc = conftest.run_cli('kdjax.main', '--config=configs/dist_r32x4_r8x4.py:smoke',
+                          f'--workdir={tmp_path}', f'--config.data_dir={cifar_data_dir}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _digits(data_dir, **losses):
+  config, _ = conftest.load_recipe('digits_kd', 'smoke')
+  with config.unlocked():
+    config.data_dir = data_dir
+    config.teacher.model = ''
+    config.losses = losses
+  return config
+
+
+def test_dml_trains_both_peers_and_evaluates_both(tmp_path, digits_data_dir):
+  config = _digits(digits_data_dir, ce=dict(weight=1.0),
+                   ce_peer=dict(method='ce', weight=1.0, network='peer'), dml=dict(weight=1.0))
+  with config.unlocked():
+    config.peer.model = 'cnn4'
+    config.num_train_steps = 3
+  setup = train.build(config)
+  mesh = train.make_mesh()
+  state = train.create_state(setup, mesh, config.seed)
+  before = jax.device_get(state.params)
+  step = train.compile_train_step(setup, mesh)
+  batch = next(input_pipeline.train_batches(config, setup.builder, start_step=0,
+                                            local_batch_size=config.batch_size,
+                                            steps_per_epoch=setup.steps_per_epoch))
+  state, metrics = step(state, None, train.global_batch(batch, mesh))
+  after = jax.device_get(state.params)
+  for name in ('student', 'peer'):
+    moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()),
+                                         before[name], after[name]))
+    assert min(moved) > 0, name  # every parameter of both networks received an update
+  assert metrics['loss/dml'] > 0
+  result = train.train_and_evaluate(config, str(tmp_path))
+  evals = {r['model'] for r in _read_metrics(tmp_path) if 'split' in r}
+  assert evals == {'student', 'peer'} and 0 <= result['top1'] <= 1
+
+
+def test_unlabeled_source_is_mixed_into_batches_and_ce_ignores_it(digits_data_dir):
+  config = _digits(digits_data_dir, ce=dict(weight=1.0))
+  with config.unlocked():
+    config.input.num_labeled = 0
+    config.input.unlabeled.update(split='test', fraction=0.25)
+  setup = train.build(config)
+  batches = input_pipeline.train_batches(config, setup.builder, start_step=0,
+                                         local_batch_size=64,
+                                         steps_per_epoch=setup.steps_per_epoch,
+                                         unlabeled_builder=setup.unlabeled_builder)
+  batch = next(batches)
+  assert batch['image'].shape[0] == 64
+  np.testing.assert_array_equal(batch['label'][48:], -1)
+  assert (batch['label'][:48] >= 0).all()
+  from kdjax import losses  # pylint: disable=g-import-not-at-top
+  logits = np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32)
+  np.testing.assert_allclose(losses.cross_entropy(logits, batch['label']),
+                             losses.cross_entropy(logits[:48], batch['label'][:48]), rtol=1e-6)
+  # Resuming at step 3 gives the same mixed batch as the 4th of an uninterrupted stream.
+  for _ in range(3):
+    expected = next(batches)
+  resumed = next(input_pipeline.train_batches(config, setup.builder, start_step=3,
+                                              local_batch_size=64,
+                                              steps_per_epoch=setup.steps_per_epoch))
+  for key in expected:
+    np.testing.assert_array_equal(resumed[key], expected[key])
