@@ -34,6 +34,9 @@ def base_config():
           fraction=0.0,             # share of each training batch; 0 = none
       )),
       prefetch_batches=2,
+      # Multi-process input: 'example' = batches identical to a single process (each process
+      # reads the stream, decodes only its rows); 'file' = each process reads its own files.
+      shard_by='example',
   ))
   c.batch_size = 64             # global, over all devices and processes
   c.eval_batch_size = 0         # 0 = batch_size

@@ -358,15 +358,15 @@ def train_and_evaluate(config, workdir: str, setup: Setup | None = None, mesh=No
 
   writer = metrics_lib.Writer(workdir)
   train_step = compile_train_step(setup, mesh)
-  eval_steps = {name: jax.jit(make_eval_step(model, setup.teacher))
+  eval_steps = {name: jax.jit(make_eval_step(model, setup.teacher), out_shardings=rep)
                 for name, model in setup.models.items()}
 
   def run_eval(step, model_name):
     """Evaluates one network on the whole eval split and writes the eval line."""
     batches = input_pipeline.eval_batches(config, setup.builder, local_batch_size=eval_local_batch)
     if model_name == 'teacher':
-      result = evaluate(jax.jit(make_eval_step(setup.teacher)), teacher_variables, None,
-                        batches, mesh)
+      result = evaluate(jax.jit(make_eval_step(setup.teacher), out_shardings=rep),
+                        teacher_variables, None, batches, mesh)
     else:
       result = evaluate(eval_steps[model_name], network_variables(state, model_name),
                         teacher_variables, batches, mesh)

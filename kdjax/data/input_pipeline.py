@@ -175,18 +175,32 @@ def _epochs(config, builder, split_name, *, start_step, batch, steps_per_epoch, 
   inp = config.input
   augment = preprocess.train_op(inp.train_augment, image_size=inp.image_size,
                                crop_padding=inp.crop_padding)
-  split = tfds.split_for_jax_process(split_name, drop_remainder=True)
+  num_processes, index = jax.process_count(), jax.process_index()
+  by_example = inp.shard_by == 'example' and num_processes > 1
+  if inp.shard_by not in ('example', 'file'):
+    raise KdjaxError(f"input.shard_by must be 'example' or 'file', got '{inp.shard_by}'")
+  # 'example': every process reads the same globally shuffled stream and keeps its own rows of
+  # each global batch (before decoding), so batches do not depend on the process count.
+  # 'file': every process reads its own files only; faster on large pods, but the batches then
+  # depend on how many processes there are.
+  by_file = inp.shard_by == 'file' and num_processes > 1
+  split = tfds.split_for_jax_process(split_name, drop_remainder=True) if by_file else split_name
+  global_batch = batch * num_processes if by_example else batch
   has_id = _has_integer_id(builder)
   if num_labeled > 0 and not has_id:
     raise KdjaxError(f"input.num_labeled needs an integer 'id' feature; {builder.name} has none")
 
-  def prepare(index, example, epoch_seed):
-    seed = tf.stack([epoch_seed, tf.cast(index, tf.int64)])
+  def prepare(position, example, epoch_seed):
+    seed = tf.stack([epoch_seed, tf.cast(position, tf.int64)])
     image = preprocess.normalize(augment(example['image'], seed), inp.mean, inp.std)
     out = {'image': image, 'label': _hide_labels(example, num_labeled)}
     if has_id:
       out['id'] = tf.cast(example['id'], tf.int32)
     return out
+
+  def mine(position, example):
+    del example
+    return (position % global_batch) // batch == index
 
   epoch, skip_batches = divmod(start_step, steps_per_epoch)
   while True:
@@ -196,7 +210,9 @@ def _epochs(config, builder, split_name, *, start_step, batch, steps_per_epoch, 
     ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config,
                             decoders=_decoders(config))
     ds = ds.shuffle(inp.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-    ds = ds.enumerate().skip(skip_batches * batch)
+    ds = ds.enumerate().skip(skip_batches * global_batch)  # position within the epoch
+    if by_example:
+      ds = ds.filter(mine)
     ds = ds.map(lambda i, ex: prepare(i, ex, tf.constant(epoch_seed, tf.int64)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch, drop_remainder=True)

@@ -1,0 +1,55 @@
+"""Two processes x 2 CPU devices (jax.distributed over gloo) train exactly like 1 process x 4."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+import conftest
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_two_processes_train_like_one(tmp_path, digits_data_dir):
+  args = ['--config=configs/digits_kd.py:smoke', f'--config.data_dir={digits_data_dir}',
+          '--config.num_train_steps=12', '--config.log_every_steps=4',
+          '--config.checkpoint_every_steps=6']
+  env = conftest.cli_env()
+  one = tmp_path / 'one'
+  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+  proc = subprocess.run([sys.executable, '-m', 'kdjax.main', *args, f'--workdir={one}'],
+                        cwd=conftest.ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+  two = tmp_path / 'two'
+  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, '-m', 'kdjax.main', *args, f'--workdir={two}',
+                             f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+                             f'--process_id={i}'],
+                            cwd=conftest.ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+
+  a, b = _records(one), _records(two)
+  assert [(r['step'], r.get('model')) for r in a] == [(r['step'], r.get('model')) for r in b]
+  for ra, rb in zip(a, b):
+    for key in ra:
+      if key not in ('examples_per_sec', 'split', 'model'):
+        np.testing.assert_allclose(rb[key], ra[key], rtol=1e-5, err_msg=f'{key} @ {ra["step"]}')
+  # Written once (by process 0), and the same checkpoints are kept.
+  assert sorted(os.listdir(two / 'checkpoints')) == sorted(os.listdir(one / 'checkpoints'))
