@@ -16,6 +16,7 @@ import conftest
 from kdjax import checkpoint
 from kdjax import config_base
 from kdjax import methods
+from kdjax import models
 from kdjax import train
 from kdjax.errors import KdjaxError
 from kdjax.quickstart import load_recipe
@@ -145,3 +146,83 @@ def test_unreadable_teacher_checkpoint_is_a_clear_error(tmp_path, digits_data_di
     config.teacher.checkpoint = str(bad)
   with pytest.raises(KdjaxError, match='could not be read'):
     train.build(config)
+
+
+def test_bfloat16_teacher_and_student_keep_float32_params_and_losses(digits_data_dir):
+  config = _digits_config(digits_data_dir)
+  with config.unlocked():
+    config.student.model = 'digits_cnn'
+    config.student.dtype = 'bfloat16'
+    config.teacher.dtype = 'bfloat16'
+  setup = train.build(config)
+  mesh = train.make_mesh()
+  state = train.create_state(setup, mesh, 0)
+  step = train.compile_train_step(setup, mesh)
+  from kdjax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  batch = next(input_pipeline.train_batches(config, setup.builder, start_step=0,
+                                            local_batch_size=config.batch_size,
+                                            steps_per_epoch=setup.steps_per_epoch))
+  teacher = jax.device_put(setup.teacher_variables, train.replicated(mesh))
+  state, metrics = step(state, teacher, train.global_batch(batch, mesh))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.opt_state)
+             if hasattr(x, 'dtype') and jnp.issubdtype(x.dtype, jnp.floating))
+  assert all(v.dtype == jnp.float32 and np.isfinite(v) for v in metrics.values())
+  # The bf16 teacher's logits stay close to the float32 teacher's.
+  t32 = train.teacher_forward(models.get_model('digits_cnn', num_classes=10),
+                              setup.teacher_variables, batch['image'], [])['logits']
+  t16 = train.teacher_forward(setup.teacher, setup.teacher_variables, batch['image'], [])['logits']
+  assert t16.dtype == jnp.float32
+  np.testing.assert_allclose(t16, t32, atol=0.1 * float(jnp.std(t32)))
+
+
+def test_weight_schedule_follows_zero_based_epochs():
+  term = methods.build_terms(ml_collections.ConfigDict(
+      {'skd': dict(weight=0.9, weight_schedule=((60, 0.5), (80, 0.1)))}))[0]
+  # Epochs are 1-based inside the step: 1-based epoch 61 is the first of 0-based epoch 60.
+  np.testing.assert_allclose([term.weight_at(1), term.weight_at(60), term.weight_at(61),
+                              term.weight_at(81), term.weight_at(100)],
+                             [0.9, 0.9, 0.5, 0.1, 0.1])
+
+
+def test_terms_compose_without_code_changes(digits_data_dir):
+  """CE + DKD + grouped DIST + WSL + OFA in one objective; each term is logged."""
+  config = _digits_config(digits_data_dir)
+  with config.unlocked():
+    config.losses = dict(ce=dict(weight=1.0),
+                         dkd=dict(weight=1.0, warmup_epochs=5, alpha=1.0, beta=2.0,
+                                  temperature=4.0),
+                         dist=dict(weight=2.0, temperature=4.0, group_size=16),
+                         wsl=dict(weight=0.5, temperature=2.0),
+                         ofa=dict(weight=1.0, eps=1.5))
+  setup = train.build(config)
+  mesh = train.make_mesh()
+  state = train.create_state(setup, mesh, 0)
+  from kdjax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  batch = next(input_pipeline.train_batches(config, setup.builder, start_step=0,
+                                            local_batch_size=config.batch_size,
+                                            steps_per_epoch=setup.steps_per_epoch))
+  teacher = jax.device_put(setup.teacher_variables, train.replicated(mesh))
+  _, metrics = train.compile_train_step(setup, mesh)(state, teacher,
+                                                      train.global_batch(batch, mesh))
+  terms = {k[5:]: float(v) for k, v in metrics.items() if k.startswith('loss/')}
+  assert set(terms) == {'ce', 'dkd', 'dist', 'wsl', 'ofa'}
+  expected = (terms['ce'] + 0.2 * terms['dkd'] + 2 * terms['dist'] + 0.5 * terms['wsl']
+              + terms['ofa'])  # DKD's warm-up factor at epoch 1 of 5 is 0.2
+  np.testing.assert_allclose(float(metrics['loss']), expected, rtol=1e-5)
+
+
+def test_grouped_loss_is_the_mean_over_groups():
+  term = methods.build_terms(ml_collections.ConfigDict(
+      {'dist': dict(weight=1.0, group_size=4)}), batch_size=8)[0]
+  rng = np.random.default_rng(0)
+  s, t = rng.normal(size=(2, 8, 5)).astype(np.float32)
+  out = {'student': {'logits': s}, 'teacher': {'logits': t}}
+  batch = {'label': np.zeros(8, np.int32)}
+  from kdjax import losses  # pylint: disable=g-import-not-at-top
+  want = np.mean([losses.dist(s[i:i + 4], t[i:i + 4], beta=1.0, gamma=1.0, temperature=1.0)
+                  for i in (0, 4)])
+  np.testing.assert_allclose(term(out, batch), want, rtol=1e-6)
+  with pytest.raises(KdjaxError, match='group_size'):
+    methods.build_terms(ml_collections.ConfigDict({'dist': dict(weight=1.0, group_size=3)}),
+                        batch_size=8)
