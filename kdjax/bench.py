@@ -88,7 +88,8 @@ def benchmark(config, steps=20) -> dict:
 
   ce_only = methods.build_terms({'ce': {'weight': 1.0}})
   student_setup = dataclasses.replace(setup, terms=ce_only, teacher=None, teacher_variables=None,
-                                      models={'student': setup.student}, taps={'student': []})
+                                      models={'student': setup.student}, taps={'student': []},
+                                      connectors={})
   t_student = step_time(student_setup)
   results['student_step'] = config.batch_size / t_student
   if setup.teacher is not None:

@@ -27,6 +27,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kdjax import losses
 from kdjax.errors import KdjaxError
@@ -41,7 +42,12 @@ class Method:
   """How one distillation method plugs into the trainer.
 
   `reads` maps each network the loss reads to its taps; a callable gets the hyperparameters
-  (for methods like `ce` that read a network chosen in the config).
+  (for methods whose taps are hyperparameters, or `ce`, which reads a chosen network).
+  `connector(hparams, student_shapes, teacher_shapes)` builds the method's trainable Flax
+  module (kdjax/connectors/) from the tapped shapes; its `__call__(student, teacher, train)`
+  returns a dict the loss reads as `out['connector']`. `constants(hparams, teacher_model,
+  teacher_variables)` computes, once, arrays passed to the loss as keyword arguments (OFD's
+  margins).
   """
   name: str
   loss: Callable
@@ -49,6 +55,8 @@ class Method:
   reads: dict | Callable = dataclasses.field(
       default_factory=lambda: {'student': ('logits',), 'teacher': ('logits',)})
   grouped: bool = False
+  connector: Callable | None = None
+  constants: Callable | None = None
   doc: str = ''
 
 
@@ -120,6 +128,129 @@ register(Method(
     loss=lambda out, batch, eps: losses.dml(_s(out), out['peer']['logits'], eps=eps)))
 
 
+# --------------------------------------------------------------------------------------------
+# Feature and relation methods (ALGORITHMS.md §4, §5). Taps are hyperparameters, so a recipe
+# points a method at any stage of any model; connectors infer their channels from the taps.
+# --------------------------------------------------------------------------------------------
+
+
+def _same_taps(key):
+  return lambda hp: {'student': tuple(hp[key]), 'teacher': tuple(hp[key])}
+
+
+def _one_tap(key):
+  return lambda hp: {'student': (hp[key],), 'teacher': (hp[key],)}
+
+
+def _hwc(shape):
+  return tuple(shape.shape[1:])
+
+
+register(Method(
+    name='at', doc='Attention Transfer (§4.2), summed over the tapped stages',
+    defaults=dict(taps=('layer1', 'layer2', 'layer3', 'layer4'), p=2.0),
+    reads=_same_taps('taps'),
+    loss=lambda out, batch, taps, p: sum(
+        losses.attention_transfer(out['student'][k], out['teacher'][k], p=p) for k in taps)))
+
+register(Method(
+    name='nst', doc='Neuron Selectivity Transfer (§5.5), summed over the tapped stages',
+    defaults=dict(taps=('layer1', 'layer2', 'layer3', 'layer4')),
+    reads=_same_taps('taps'),
+    loss=lambda out, batch, taps: sum(
+        losses.nst(out['student'][k], out['teacher'][k]) for k in taps)))
+
+register(Method(
+    name='sp', doc='Similarity-Preserving KD (§5.4), per group of group_size examples',
+    defaults=dict(tap='layer4', group_size=64), reads=_one_tap('tap'), grouped=True,
+    loss=lambda out, batch, tap: losses.similarity_preserving(out['student'][tap],
+                                                              out['teacher'][tap])))
+
+register(Method(
+    name='rkd', doc='Relational KD (§5.1), per group of group_size examples',
+    defaults=dict(tap='pooled', distance_weight=25.0, angle_weight=50.0, group_size=64),
+    reads=_one_tap('tap'), grouped=True,
+    loss=lambda out, batch, tap, distance_weight, angle_weight: losses.rkd(
+        out['student'][tap], out['teacher'][tap], distance_weight=distance_weight,
+        angle_weight=angle_weight)))
+
+register(Method(
+    name='pkt', doc='Probabilistic Knowledge Transfer (§5.2), per group of group_size examples',
+    defaults=dict(tap='pooled', group_size=64), reads=_one_tap('tap'), grouped=True,
+    loss=lambda out, batch, tap: losses.pkt(out['student'][tap], out['teacher'][tap])))
+
+
+def _cc_connector(hp, student, teacher):
+  from kdjax import connectors  # pylint: disable=g-import-not-at-top
+  size = lambda s: int(np.prod(s.shape[1:]))
+  return connectors.Embeddings(tap=hp['tap'], dim=hp['dim'],
+                               student_features=size(student[hp['tap']]),
+                               teacher_features=size(teacher[hp['tap']]))
+
+
+register(Method(
+    name='cc', doc='Correlation Congruence, RepDistiller form (§5.3), with trainable embeddings',
+    defaults=dict(tap='pooled', dim=128, gamma=0.4, p_order=2, group_size=64),
+    reads=_one_tap('tap'), grouped=True, connector=_cc_connector,
+    loss=lambda out, batch, tap, dim, gamma, p_order: losses.cc(
+        out['connector']['student'], out['connector']['teacher'], gamma=gamma,
+        p_order=p_order)))
+
+
+def _fitnet_connector(hp, student, teacher):
+  from kdjax import connectors  # pylint: disable=g-import-not-at-top
+  return connectors.HintRegressor(student_tap=hp['student_tap'],
+                                  student_shape=_hwc(student[hp['student_tap']]),
+                                  teacher_shape=_hwc(teacher[hp['teacher_tap']]))
+
+
+register(Method(
+    name='fitnet', doc='FitNet hint with a ConvReg regressor (§4.1)',
+    defaults=dict(student_tap='layer2', teacher_tap='layer2'),
+    reads=lambda hp: {'student': (hp['student_tap'],), 'teacher': (hp['teacher_tap'],)},
+    connector=_fitnet_connector,
+    loss=lambda out, batch, student_tap, teacher_tap: losses.fitnet(
+        out['connector']['hint'], out['teacher'][teacher_tap])))
+
+
+def _ofd_taps(hp):
+  return tuple(f'layer{i}_pre' for i in hp['stages'])
+
+
+def _ofd_connector(hp, student, teacher):
+  from kdjax import connectors  # pylint: disable=g-import-not-at-top
+  taps = _ofd_taps(hp)
+  return connectors.OFDConnectors(student_taps=taps,
+                                  teacher_channels=tuple(teacher[t].shape[-1] for t in taps))
+
+
+def _ofd_margins(hp, teacher, teacher_variables):
+  """Per-channel margins from the teacher's BatchNorm before each stage's final ReLU."""
+  margins = []
+  for i in hp['stages']:
+    node = teacher_variables['params']
+    for part in teacher.bn_before_relu(i).split('/'):
+      node = node[part]
+    margins.append(losses.ofd_margin(np.asarray(node['scale']), np.asarray(node['bias'])))
+  return {'margins': tuple(margins)}
+
+
+def _ofd_loss(out, batch, stages, margins):
+  n = len(stages)
+  total = 0.0
+  for j, tap in enumerate(_ofd_taps({'stages': stages})):
+    stage_loss = losses.ofd(out['connector'][tap], out['teacher'][tap], margins[j])
+    total = total + stage_loss / 2 ** (n - 1 - j)  # 1/8, 1/4, 1/2, 1 from shallow to deep
+  return total
+
+
+register(Method(
+    name='ofd', doc='Overhaul of Feature Distillation (§4.3): pre-ReLU stages, margins, partial L2',
+    defaults=dict(stages=(1, 2, 3, 4)),
+    reads=lambda hp: {'student': _ofd_taps(hp), 'teacher': _ofd_taps(hp)},
+    connector=_ofd_connector, constants=_ofd_margins, loss=_ofd_loss))
+
+
 def _grouped(fn, group_size):
   """Applies `fn(out, batch)` to consecutive groups of `group_size` examples; averages."""
   def split(x):
@@ -142,6 +273,7 @@ class Term:
   weight_schedule: tuple
   hparams: dict
   group_size: int = 0
+  constants: dict = dataclasses.field(default_factory=dict)
 
   @property
   def reads(self) -> dict:
@@ -149,10 +281,11 @@ class Term:
     return reads(self.hparams) if callable(reads) else reads
 
   def __call__(self, out, batch):
-    fn = lambda o, b: self.method.loss(o, b, **self.hparams)
+    """The term's value; `out` holds the networks' taps and, if any, `out['connector']`."""
+    fn = lambda o, b: self.method.loss(o, b, **self.hparams, **self.constants)
     if self.method.grouped:
       fn = _grouped(fn, self.group_size)
-    needed = {k: out[k] for k in self.reads}
+    needed = {k: out[k] for k in list(self.reads) + ['connector'] if k in out}
     return fn(needed, {k: v for k, v in batch.items() if k != 'image'})
 
   def factor(self, epoch):

@@ -92,6 +92,8 @@ class Setup:
   teacher_variables: Any     # host arrays, or None
   teacher_source: dict
   taps: dict                 # network name -> tap names the terms read (logits excluded)
+  connectors: dict           # term name -> its trainable connector module (kdjax/connectors)
+  tap_shapes: dict           # network name -> {tap: ShapeDtypeStruct} for a batch of 1
   tx: Any
   schedule: Any
 
@@ -161,6 +163,13 @@ def build(config) -> Setup:
     teacher_variables, source = checkpoint.load_teacher(
         config.teacher.checkpoint, teacher, input_shape, allow_random=config.smoke,
         seed=config.seed)
+  shapes = {name: tap_shapes(model, tap_names[name], input_shape)
+            for name, model in [*trainable.items(), ('teacher', teacher)] if model is not None}
+  connectors = {t.name: t.method.connector(t.hparams, shapes['student'], shapes.get('teacher'))
+                for t in terms if t.method.connector}
+  terms = [dataclasses.replace(t, constants=t.method.constants(t.hparams, teacher,
+                                                                teacher_variables))
+           if t.method.constants else t for t in terms]
   tx, schedule = make_optimizer(config.optimizer, batch_size=config.batch_size,
                                 steps_per_epoch=spe, total_steps=total)
   return Setup(config=config, info=info, builder=builder,
@@ -168,7 +177,16 @@ def build(config) -> Setup:
                total_steps=total, terms=terms, models=trainable, teacher=teacher,
                teacher_variables=teacher_variables, teacher_source=source,
                taps={k: v for k, v in tap_names.items() if k in trainable or k == 'teacher'},
-               tx=tx, schedule=schedule)
+               connectors=connectors, tap_shapes=shapes, tx=tx, schedule=schedule)
+
+
+def tap_shapes(model, tap_names, input_shape):
+  """{'logits': ..., tap: ...} shapes (ShapeDtypeStruct) of `model` for `input_shape`."""
+  def run(x):
+    variables = model.init(jax.random.key(0), x, train=False)
+    logits, feats, _ = taps_lib.apply(model, variables, x, taps=tap_names)
+    return {'logits': logits, **feats}
+  return jax.eval_shape(run, jnp.zeros(input_shape, jnp.float32))
 
 
 def init_state(setup: Setup, rng) -> TrainState:
@@ -179,6 +197,15 @@ def init_state(setup: Setup, rng) -> TrainState:
     variables = model.init(jax.random.fold_in(rng, i), x, train=False)
     params[name] = variables['params']
     batch_stats[name] = variables.get('batch_stats', {})
+  if setup.connectors:  # Trained with the networks, saved in checkpoints, never exported.
+    zeros = lambda shapes: jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
+    params['connectors'], batch_stats['connectors'] = {}, {}
+    for i, (name, module) in enumerate(sorted(setup.connectors.items())):
+      variables = module.init(jax.random.fold_in(rng, 1000 + i),
+                              zeros(setup.tap_shapes['student']),
+                              zeros(setup.tap_shapes.get('teacher', {})), train=False)
+      params['connectors'][name] = variables['params']
+      batch_stats['connectors'][name] = variables.get('batch_stats', {})
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                     opt_state=setup.tx.init(params))
 
@@ -256,7 +283,17 @@ def make_train_step(setup: Setup):
         out[name] = {'logits': logits.astype(jnp.float32),
                      **{k: v.astype(jnp.float32) for k, v in feats.items()}}
         new_stats[name] = new.get('batch_stats', {})
-      values = {t.name: t(out, batch) for t in terms}
+      connected = {}
+      if setup.connectors:
+        new_stats['connectors'] = {}
+        for name, module in setup.connectors.items():
+          variables = {'params': params['connectors'][name],
+                       'batch_stats': state.batch_stats['connectors'][name]}
+          connected[name], new = module.apply(variables, out['student'], out.get('teacher', {}),
+                                              train=True, mutable=['batch_stats'])
+          new_stats['connectors'][name] = new.get('batch_stats', {})
+      values = {t.name: t({**out, 'connector': connected[t.name]} if t.name in connected else out,
+                          batch) for t in terms}
       total = sum(t.weight_at(epoch) * t.factor(epoch) * values[t.name] for t in terms)
       return total, (values, new_stats)
 

@@ -67,6 +67,11 @@ def test_smoke_distillation_metrics_and_export(tmp_path, digits_data_dir):
   assert all(0 <= r['top1'] <= r['top5'] <= 1 for r in evals)
   assert evals[0]['top1'] > 0.97  # the shipped teacher, on the whole held-out split
   assert list((workdir / 'tensorboard').iterdir())
+  step, manager, meta = checkpoint.latest_metadata(str(workdir))
+  manager.close()
+  shipped, _ = checkpoint.load_exported(meta['config']['teacher']['checkpoint'])
+  assert step == 20 and meta['teacher']['sha256'] == checkpoint.tree_hash(shipped)
+  assert meta['packages']['jax'] == jax.__version__ and meta['config']['seed'] == 0
 
   proc = conftest.run_cli('kdjax.export', f'--workdir={workdir}', f'--output={exported}')
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -127,8 +132,17 @@ def test_cifar_recipe_smoke(tmp_path, cifar_data_dir, recipe):
   assert records[-1]['model'] == 'student' and records[-1]['step'] == 8
 
 
-def test_full_recipe_without_teacher_checkpoint_stops_at_once(tmp_path, cifar_data_dir):
-  proc = conftest.run_cli('kdjax.main', '--config=configs/kd_r32x4_r8x4.py',
-                          f'--workdir={tmp_path}', f'--config.data_dir={cifar_data_dir}')
+@pytest.mark.parametrize('recipe, data', [('kd_r32x4_r8x4', 'cifar_data_dir'),
+                                          ('dkd_r34_r18', 'imagenet_data_dir')])
+def test_full_recipe_without_teacher_checkpoint_stops_at_once(tmp_path, request, recipe, data):
+  proc = conftest.run_cli('kdjax.main', f'--config=configs/{recipe}.py', f'--workdir={tmp_path}',
+                          f'--config.data_dir={request.getfixturevalue(data)}')
   _assert_one_line_error(proc, 'teacher.checkpoint is empty')
   assert not (tmp_path / 'checkpoints').exists()
+
+
+def test_missing_imagenet_says_how_to_prepare_it(tmp_path):
+  proc = conftest.run_cli('kdjax.main', '--config=configs/dkd_r34_r18.py:smoke',
+                          f'--workdir={tmp_path / "w"}', f'--config.data_dir={tmp_path}')
+  _assert_one_line_error(proc, 'tfds build imagenet2012')
+  assert 'ILSVRC2012_img_train.tar' in proc.stderr

@@ -26,6 +26,9 @@ from kdjax.data import preprocess
 from kdjax.data import uci_digits  # noqa: F401  (registers the embedded TFDS dataset)
 from kdjax.errors import KdjaxError
 
+# tf.data runs on the host only; keep TensorFlow off the accelerators JAX owns.
+tf.config.set_visible_devices([], 'GPU')
+
 # Datasets whose data ships with kdjax: prepared on first use, no download involved.
 EMBEDDED_DATASETS = ('uci_digits',)
 

@@ -1,0 +1,49 @@
+"""FitNet's regressor (ConvReg): maps the student's hint map onto the teacher's shape (§4.1)."""
+
+import flax.linen as nn
+
+from kdjax.connectors.layers import batch_norm
+from kdjax.connectors.layers import torch_conv
+from kdjax.connectors.layers import torch_conv_transpose
+from kdjax.errors import KdjaxError
+
+
+class ConvReg(nn.Module):
+  """Conv chosen by the size rule + BatchNorm + ReLU, from `[B, Hs, Ws, Cs]` to the teacher's
+  `[B, Ht, Wt, Ct]` (mdistiller/RepDistiller `ConvReg`, PyTorch default init):
+
+    Hs == 2 Ht: conv 3x3 stride 2 pad 1;  2 Hs == Ht: conv-transpose 4x4 stride 2 pad 1;
+    Hs >= Ht:   conv (1 + Hs - Ht) x (1 + Ws - Wt), no padding (1x1 when the sizes match).
+  """
+  student_shape: tuple   # (H, W, C) of the student map
+  teacher_shape: tuple   # (H, W, C) of the teacher map
+  use_relu: bool = True
+
+  @nn.compact
+  def __call__(self, x, train):
+    x = batch_norm(train, 'bn', None)(self._conv()(x))
+    return nn.relu(x) if self.use_relu else x
+
+  def _conv(self):
+    (hs, ws, cs), (ht, wt, ct) = self.student_shape, self.teacher_shape
+    if hs == 2 * ht:
+      return torch_conv(ct, 3, strides=2, padding=1, in_features=cs, name='conv')
+    if 2 * hs == ht:
+      return torch_conv_transpose(ct, 4, strides=2, padding=1, in_features=cs, name='conv')
+    if hs >= ht:
+      return torch_conv(ct, (1 + hs - ht, 1 + ws - wt), in_features=cs, name='conv')
+    raise KdjaxError(f'FitNet cannot regress a {hs}x{ws} student map onto a {ht}x{wt} teacher '
+                     'map; choose taps whose student map is at least as large (or half as large)')
+
+
+class HintRegressor(nn.Module):
+  """The FitNet connector: ConvReg on the student's hint tap; returns {'hint': R(F_s)}."""
+  student_tap: str
+  student_shape: tuple
+  teacher_shape: tuple
+
+  @nn.compact
+  def __call__(self, student, teacher, train):
+    del teacher
+    reg = ConvReg(self.student_shape, self.teacher_shape, name='regressor')
+    return {'hint': reg(student[self.student_tap], train)}

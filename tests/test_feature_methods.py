@@ -1,0 +1,97 @@
+"""Feature and relation methods in the trainer: any teacher/student pair, connectors, margins.
+
+The pair resnet8x4 (teacher; stages 64/128/256 channels) -> resnet20 (student; 16/32/64) differs
+in channels at every tap, and no recipe below names a channel count.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+import conftest
+from kdjax import checkpoint
+from kdjax import losses
+from kdjax import train
+from kdjax.data import input_pipeline
+
+CIFAR_STAGES = ('layer1', 'layer2', 'layer3')
+METHODS = {
+    'at': dict(weight=1000.0, taps=CIFAR_STAGES),
+    'nst': dict(weight=50.0, taps=CIFAR_STAGES),
+    'sp': dict(weight=3000.0, tap='layer3', group_size=8),
+    'rkd': dict(weight=1.0, group_size=8),
+    'pkt': dict(weight=30000.0, group_size=8),
+    'cc': dict(weight=0.02, group_size=8),
+    'fitnet': dict(weight=100.0, student_tap='layer2', teacher_tap='layer2'),
+    'fitnet_down': dict(method='fitnet', weight=100.0, student_tap='layer1', teacher_tap='layer2'),
+    'ofd': dict(weight=1e-3, stages=(1, 2, 3)),
+}
+
+
+def _config(data_dir, name):
+  config, _ = conftest.load_recipe('kd_r32x4_r8x4', 'smoke')
+  with config.unlocked():
+    config.data_dir = data_dir
+    config.student.model = 'resnet20'
+    config.teacher.model = 'resnet8x4'
+    config.losses = {'ce': dict(weight=1.0), name: METHODS[name]}
+  return config
+
+
+# Each case compiles two CIFAR ResNets (~10 s); four cover every connector kind by default.
+FAST = ('at', 'cc', 'fitnet_down', 'ofd')
+
+
+@pytest.mark.parametrize('name', [n if n in FAST else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(METHODS)])
+def test_method_trains_a_step_on_a_mismatched_pair(cifar_data_dir, name):
+  config = _config(cifar_data_dir, name)
+  setup = train.build(config)
+  mesh = train.make_mesh()
+  state = train.create_state(setup, mesh, 0)
+  teacher_before = jax.tree.map(np.copy, setup.teacher_variables)
+  batch = next(input_pipeline.train_batches(config, setup.builder, start_step=0,
+                                            local_batch_size=config.batch_size,
+                                            steps_per_epoch=setup.steps_per_epoch))
+  before = jax.device_get(state.params)
+  teacher = jax.device_put(setup.teacher_variables, train.replicated(mesh))
+  state, metrics = train.compile_train_step(setup, mesh)(state, teacher,
+                                                          train.global_batch(batch, mesh))
+  after = jax.device_get(state.params)
+  assert np.isfinite(float(metrics[f'loss/{name}'])) and float(metrics[f'loss/{name}']) > 0
+  # Gradients reach the student (and the connectors, if any); the teacher is untouched.
+  moved = lambda a, b: max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()),
+                                                        a, b)))
+  assert moved(before['student'], after['student']) > 0
+  has_connector = name in ('cc', 'fitnet', 'fitnet_down', 'ofd')
+  assert ('connectors' in after) == has_connector
+  if has_connector:
+    assert moved(before['connectors'], after['connectors']) > 0
+  jax.tree.map(np.testing.assert_array_equal, teacher_before, setup.teacher_variables)
+
+
+def test_ofd_margins_come_from_the_teachers_bn_before_relu(cifar_data_dir):
+  setup = train.build(_config(cifar_data_dir, 'ofd'))
+  term = next(t for t in setup.terms if t.name == 'ofd')
+  params = setup.teacher_variables['params']
+  for i, margin in zip((1, 2, 3), term.constants['margins']):
+    bn = params[f'layer{i}']['block0']['bn2']  # resnet8x4: one block per stage
+    np.testing.assert_allclose(margin, losses.ofd_margin(bn['scale'], bn['bias']))
+    assert margin.shape == (setup.tap_shapes['teacher'][f'layer{i}_pre'].shape[-1],)
+
+
+def test_connectors_are_checkpointed_but_not_exported(tmp_path, cifar_data_dir):
+  config = _config(cifar_data_dir, 'fitnet')
+  with config.unlocked():
+    config.num_train_steps = 2
+  train.train_and_evaluate(config, str(tmp_path / 'run'))
+  _, manager, _ = checkpoint.latest_metadata(str(tmp_path / 'run'))
+  manager.close()
+  variables, _ = checkpoint.restore_student(str(tmp_path / 'run'))
+  assert 'connectors' not in variables['params'] and 'regressor' not in str(
+      jax.tree_util.tree_structure(variables))
+  from kdjax import export  # pylint: disable=g-import-not-at-top
+  meta = export.export_workdir(str(tmp_path / 'run'), str(tmp_path / 'export'))
+  exported, _ = checkpoint.load_exported(str(tmp_path / 'export'))
+  assert meta['model'] == 'resnet20' and set(exported) == {'params', 'batch_stats'}
+  assert 'regressor' not in str(jax.tree_util.tree_structure(exported))
