@@ -251,6 +251,45 @@ register(Method(
     connector=_ofd_connector, constants=_ofd_margins, loss=_ofd_loss))
 
 
+def _mgd_connector(hp, student, teacher):
+  from kdjax import connectors  # pylint: disable=g-import-not-at-top
+  tap = hp['tap']
+  return connectors.MaskedGenerator(tap=tap, student_channels=student[tap].shape[-1],
+                                    teacher_channels=teacher[tap].shape[-1],
+                                    lambda_mgd=hp['lambda_mgd'])
+
+
+register(Method(
+    name='mgd', doc='Masked Generative Distillation (§4.5); alpha_mgd is the term weight (7e-5)',
+    defaults=dict(tap='layer4', lambda_mgd=0.15), reads=_one_tap('tap'),
+    connector=_mgd_connector,
+    loss=lambda out, batch, tap, lambda_mgd: losses.mgd(out['connector']['generated'],
+                                                        out['teacher'][tap])))
+
+
+def _pefd_connector(hp, student, teacher):
+  from kdjax import connectors  # pylint: disable=g-import-not-at-top
+  size = lambda s: int(np.prod(s.shape[1:]))
+  tap = hp['tap']
+  return connectors.ProjectorEnsemble(tap=tap, num_projectors=hp['num_projectors'],
+                                      student_features=size(student[tap]),
+                                      teacher_features=size(teacher[tap]))
+
+
+register(Method(
+    name='pefd', doc='Projector Ensemble Feature Distillation (§4.6)',
+    defaults=dict(tap='pooled', num_projectors=3), reads=_one_tap('tap'),
+    connector=_pefd_connector,
+    loss=lambda out, batch, tap, num_projectors: losses.pefd(out['connector']['projected'],
+                                                             out['teacher'][tap])))
+
+register(Method(
+    name='udml', doc='UDML feature term (§4.8): mean squared distance between the two peers',
+    defaults=dict(tap='layer3'),
+    reads=lambda hp: {'student': (hp['tap'],), 'peer': (hp['tap'],)},
+    loss=lambda out, batch, tap: losses.feature_distance(out['student'][tap], out['peer'][tap])))
+
+
 def _grouped(fn, group_size):
   """Applies `fn(out, batch)` to consecutive groups of `group_size` examples; averages."""
   def split(x):

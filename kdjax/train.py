@@ -273,6 +273,8 @@ def make_train_step(setup: Setup):
     if teacher is not None:
       out['teacher'] = teacher_forward(teacher, teacher_variables, images, setup.taps['teacher'])
     epoch = state.step // spe + 1  # 1-based, constant within an epoch (ALGORITHMS.md §1.4)
+    # Randomness inside the step (MGD's masks) depends on (seed, step) only, not on the mesh.
+    step_rng = jax.random.fold_in(jax.random.key(setup.config.seed), state.step)
 
     def loss_fn(params):
       new_stats = {}
@@ -290,7 +292,8 @@ def make_train_step(setup: Setup):
           variables = {'params': params['connectors'][name],
                        'batch_stats': state.batch_stats['connectors'][name]}
           connected[name], new = module.apply(variables, out['student'], out.get('teacher', {}),
-                                              train=True, mutable=['batch_stats'])
+                                              train=True, mutable=['batch_stats'],
+                                              rngs={'mask': step_rng})
           new_stats['connectors'][name] = new.get('batch_stats', {})
       values = {t.name: t({**out, 'connector': connected[t.name]} if t.name in connected else out,
                           batch) for t in terms}

@@ -25,6 +25,8 @@ METHODS = {
     'fitnet': dict(weight=100.0, student_tap='layer2', teacher_tap='layer2'),
     'fitnet_down': dict(method='fitnet', weight=100.0, student_tap='layer1', teacher_tap='layer2'),
     'ofd': dict(weight=1e-3, stages=(1, 2, 3)),
+    'mgd': dict(weight=7e-5, tap='layer3'),
+    'pefd': dict(weight=25.0),
 }
 
 
@@ -39,7 +41,7 @@ def _config(data_dir, name):
 
 
 # Each case compiles two CIFAR ResNets (~10 s); four cover every connector kind by default.
-FAST = ('at', 'cc', 'fitnet_down', 'ofd')
+FAST = ('at', 'cc', 'fitnet_down', 'ofd', 'mgd')
 
 
 @pytest.mark.parametrize('name', [n if n in FAST else pytest.param(n, marks=pytest.mark.slow)
@@ -63,7 +65,7 @@ def test_method_trains_a_step_on_a_mismatched_pair(cifar_data_dir, name):
   moved = lambda a, b: max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()),
                                                         a, b)))
   assert moved(before['student'], after['student']) > 0
-  has_connector = name in ('cc', 'fitnet', 'fitnet_down', 'ofd')
+  has_connector = name in ('cc', 'fitnet', 'fitnet_down', 'ofd', 'mgd', 'pefd')
   assert ('connectors' in after) == has_connector
   if has_connector:
     assert moved(before['connectors'], after['connectors']) > 0
@@ -95,3 +97,25 @@ def test_connectors_are_checkpointed_but_not_exported(tmp_path, cifar_data_dir):
   exported, _ = checkpoint.load_exported(str(tmp_path / 'export'))
   assert meta['model'] == 'resnet20' and set(exported) == {'params', 'batch_stats'}
   assert 'regressor' not in str(jax.tree_util.tree_structure(exported))
+
+
+def test_udml_pulls_both_peers_features_together(digits_data_dir, tmp_path):
+  config, _ = conftest.load_recipe('digits_kd', 'smoke')
+  with config.unlocked():
+    config.data_dir = digits_data_dir
+    config.teacher.model = ''
+    config.student.model = config.peer.model = 'digits_cnn'
+    config.losses = dict(ce=dict(weight=1.0),
+                         ce_peer=dict(method='ce', weight=1.0, network='peer'),
+                         dml=dict(weight=1.0), udml=dict(weight=1.0, tap='pooled'))
+  setup = train.build(config)
+  mesh = train.make_mesh()
+  state = train.create_state(setup, mesh, 0)
+  batch = next(input_pipeline.train_batches(config, setup.builder, start_step=0,
+                                            local_batch_size=config.batch_size,
+                                            steps_per_epoch=setup.steps_per_epoch))
+  grads_of = lambda name: jax.grad(lambda p: train.make_train_step(setup)(
+      state.replace(params=p), None, train.global_batch(batch, mesh))[1]['loss/udml'])(
+          state.params)[name]
+  for name in ('student', 'peer'):
+    assert max(float(np.abs(g).max()) for g in jax.tree.leaves(grads_of(name))) > 0

@@ -10,4 +10,6 @@ training checkpoints under `params['connectors'][<term>]`, and never exported
 from kdjax.connectors.embed import Embeddings
 from kdjax.connectors.fitnet import ConvReg
 from kdjax.connectors.fitnet import HintRegressor
+from kdjax.connectors.mgd import MaskedGenerator
 from kdjax.connectors.ofd import OFDConnectors
+from kdjax.connectors.pefd import ProjectorEnsemble

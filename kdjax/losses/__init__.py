@@ -22,6 +22,7 @@ from kdjax.losses.features import crd
 from kdjax.losses.features import crd_nce
 from kdjax.losses.features import crd_normalization_constant
 from kdjax.losses.features import crd_scores
+from kdjax.losses.features import feature_distance
 from kdjax.losses.features import fitnet
 from kdjax.losses.features import hcl
 from kdjax.losses.features import mgd

@@ -657,3 +657,35 @@ def crd(student_probs: jax.Array, teacher_probs: jax.Array, *, n_data: int) -> j
     HobbitLong/RepDistiller @ b84f547 ``crd/criterion.py`` (``CRDLoss``), ``crd/memory.py``.
   """
   return crd_nce(student_probs, n_data=n_data) + crd_nce(teacher_probs, n_data=n_data)
+
+
+# ------------------------------------------------------------------------------------------------
+# UDML
+# ------------------------------------------------------------------------------------------------
+
+
+def feature_distance(feat_a: jax.Array, feat_b: jax.Array) -> jax.Array:
+  """UDML's feature term between two trainable peers: mean squared difference, no stop-gradient.
+
+  ::
+
+    L = mean_{b,h,w,c} ( F_a - F_b )^2            (PaddleClas DistanceLoss mode='l2' = nn.MSELoss)
+
+  Both inputs receive gradients (the term pulls the peers' features together); the shapes must
+  match (PaddleClas pairs identical architectures). Method weight 1.
+
+  Args:
+    feat_a: ``[B, ...]`` features of peer 1.
+    feat_b: the same shape, features of peer 2.
+
+  Returns:
+    float32 scalar.
+
+  References:
+    PaddleClas ``ppcls/loss/distanceloss.py``, ``PPLCNet_x2_5_udml.yaml``; ALGORITHMS.md §4.8.
+  """
+  a, b = as_f32(feat_a, feat_b)
+  if a.shape != b.shape:
+    raise ValueError(f'feature_distance: the peers\' features {a.shape} and {b.shape} must have '
+                     'the same shape (UDML pairs identical architectures).')
+  return jnp.mean(jnp.square(a - b))
