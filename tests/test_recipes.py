@@ -20,6 +20,7 @@ from kdjax.data import input_pipeline
 RECIPES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(conftest.ROOT, 'configs',
                                                                             '*.py')))
 IMAGENET = [r for r in RECIPES if r.endswith(('r34_r18', 'r18_r18')) or r == 'train_r34']
+CIFAR = [r for r in RECIPES if r.endswith('r32x4_r8x4')]
 
 
 @pytest.mark.parametrize('name', RECIPES)
@@ -39,7 +40,8 @@ def test_recipes_cover_the_response_methods():
   for name in RECIPES:
     config, _ = conftest.load_recipe(name)
     used |= {dict(t).get('method') or k for k, t in config.losses.items()}
-  assert {'ce', 'kd', 'dkd', 'dist', 'wsl', 'skd', 'ssld', 'dml'} <= used
+  assert {'ce', 'kd', 'dkd', 'dist', 'wsl', 'skd', 'ssld', 'dml', 'at', 'ofd', 'fitnet', 'mgd',
+          'pefd', 'rkd', 'pkt', 'cc', 'sp', 'nst'} <= used
 
 
 def _read_metrics(workdir):
@@ -75,8 +77,10 @@ def test_imagenet_recipe_smoke(tmp_path, imagenet_data_dir, name):
 
 
 @pytest.mark.slow
-def test_cifar_dist_smoke(tmp_path, cifar_data_dir):
-  proc = conftest.run_cli('kdjax.main', '--config=configs/dist_r32x4_r8x4.py:smoke',
+@pytest.mark.parametrize('name', [r for r in CIFAR if r not in ('kd_r32x4_r8x4',
+                                                                  'dkd_r32x4_r8x4')])
+def test_cifar_recipe_smoke(tmp_path, cifar_data_dir, name):
+  proc = conftest.run_cli('kdjax.main', f'--config=configs/{name}.py:smoke',
                           f'--workdir={tmp_path}', f'--config.data_dir={cifar_data_dir}')
   assert proc.returncode == 0, proc.stderr[-3000:]
 

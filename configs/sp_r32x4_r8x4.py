@@ -1,0 +1,21 @@
+r"""SP, similarity-preserving KD (Tung & Mori, ICCV 2019) on the last stage; CIFAR-100, resnet32x4 -> resnet8x4.
+
+  python -m kdjax.main --config=configs/sp_r32x4_r8x4.py --workdir=/tmp/sp_r8x4 \
+      --config.teacher.checkpoint=/tmp/r32x4     # a kdjax workdir of configs/train_r32x4.py
+
+Hardware: one GPU (batch 64, 240 epochs, mdistiller's CIFAR schedule). `:smoke`: 8 steps on a CPU.
+Loss: CE + 3000 * SP on layer3 over groups of 64 (mdistiller defaults; ALGORITHMS.md §5.4).
+Expected top-1: not checked here (see the CRD paper's CIFAR-100 table).
+"""
+
+from kdjax import config_base
+from kdjax import recipes
+
+
+def get_config(arg=None):
+  c = recipes.cifar100_mdistiller(arg)
+  c.student.model = 'resnet8x4'
+  c.teacher.model = 'resnet32x4'
+  c.losses.ce = dict(weight=1.0)
+  c.losses.sp = dict(weight=3000.0, tap='layer3', group_size=c.batch_size)
+  return config_base.lock_config(c)
