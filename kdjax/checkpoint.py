@@ -163,6 +163,23 @@ def _check_fits(variables, model, input_shape, path):
                      'the dataset (number of classes)')
 
 
+def random_teacher(model, input_shape, seed, calibration_passes=40):
+  """Random teacher variables whose BatchNorm statistics match its own activations.
+
+  A freshly initialised deep ResNet in inference mode (running mean 0, variance 1) lets its
+  activations grow stage after stage; a smoke run's feature losses then overflow. Running the
+  network in training mode on a fixed random batch moves the running statistics to the batch
+  statistics (momentum 0.9: 40 passes leave 1.5% of the initial values).
+  """
+  x = jax.random.normal(jax.random.key(seed + 2), (8,) + tuple(input_shape[1:]), jnp.float32)
+  variables = model.init(jax.random.key(seed + 1), x[:1], train=False)
+  if 'batch_stats' in variables:
+    update = jax.jit(lambda v: model.apply(v, x, train=True, mutable=['batch_stats'])[1])
+    for _ in range(calibration_passes):
+      variables = {**variables, **update(variables)}
+  return jax.device_get(variables)
+
+
 def load_teacher(path, model, input_shape, *, allow_random=False, seed=0):
   """Loads frozen teacher variables as host arrays; returns (variables, source description).
 
@@ -175,8 +192,7 @@ def load_teacher(path, model, input_shape, *, allow_random=False, seed=0):
                        'workdir or export folder (only :smoke recipes may use a random teacher)')
     logging.warning('SMOKE RUN: the teacher is RANDOMLY INITIALISED (no teacher.checkpoint); '
                     'its numbers mean nothing.')
-    variables = jax.device_get(model.init(jax.random.key(seed + 1),
-                                          jnp.zeros(input_shape, jnp.float32), train=False))
+    variables = random_teacher(model, input_shape, seed)
     return variables, {'source': 'random-init (smoke)', 'sha256': tree_hash(variables)}
   if not os.path.exists(path):
     raise KdjaxError(f"teacher.checkpoint '{path}' does not exist; point it at a kdjax workdir, "
