@@ -127,6 +127,24 @@ def export(variables, metadata, output):
     json.dump(metadata, f, indent=1)
 
 
+def export_workdir(workdir, output):
+  """Writes the latest checkpoint's exported network (no teacher, no connectors, no optimizer
+  state) to the folder `output`; returns the export metadata."""
+  variables, metadata = restore_student(workdir)
+  export_meta = {
+      'model': metadata['student_model'],
+      'num_classes': metadata['num_classes'],
+      'image_shape': metadata['image_shape'],
+      'step': metadata['step'],
+      'source_workdir': os.path.abspath(workdir),
+      'teacher': metadata.get('teacher'),
+      'packages': package_versions(),
+      'sha256': tree_hash(variables),
+  }
+  export(variables, export_meta, output)
+  return export_meta
+
+
 def load_exported(path):
   """(variables, metadata) of an export folder."""
   with open(os.path.join(path, EXPORT_METADATA)) as f:

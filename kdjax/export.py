@@ -24,28 +24,11 @@ flags.DEFINE_string('output', None, 'Folder to write the exported student to.', 
 FLAGS = flags.FLAGS
 
 
-def export_workdir(workdir, output):
-  """Writes the latest checkpoint's student to `output`; returns the export metadata."""
-  variables, metadata = checkpoint.restore_student(workdir)
-  export_meta = {
-      'model': metadata['student_model'],
-      'num_classes': metadata['num_classes'],
-      'image_shape': metadata['image_shape'],
-      'step': metadata['step'],
-      'source_workdir': os.path.abspath(workdir),
-      'teacher': metadata.get('teacher'),
-      'packages': checkpoint.package_versions(),
-      'sha256': checkpoint.tree_hash(variables),
-  }
-  checkpoint.export(variables, export_meta, output)
-  return export_meta
-
-
 def main(argv):
   del argv
   logs.setup()
   try:
-    meta = export_workdir(FLAGS.workdir, FLAGS.output)
+    meta = checkpoint.export_workdir(FLAGS.workdir, FLAGS.output)
   except KdjaxError as e:
     cli.fail(str(e))
   logging.info('Exported %s (step %d) to %s', meta['model'], meta['step'], FLAGS.output)

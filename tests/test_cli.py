@@ -120,7 +120,8 @@ def test_sigkill_then_same_command_resumes_and_ends_like_an_uninterrupted_run(
   assert sorted(os.listdir(killed / 'checkpoints')) == sorted(os.listdir(straight / 'checkpoints'))
 
 
-@pytest.mark.parametrize('recipe', ['kd_r32x4_r8x4', 'dkd_r32x4_r8x4'])
+@pytest.mark.parametrize('recipe', [pytest.param('kd_r32x4_r8x4', marks=pytest.mark.slow),
+                                    'dkd_r32x4_r8x4'])
 def test_cifar_recipe_smoke(tmp_path, cifar_data_dir, recipe):
   proc = conftest.run_cli('kdjax.main', f'--config=configs/{recipe}.py:smoke',
                           f'--workdir={tmp_path}', f'--config.data_dir={cifar_data_dir}')
@@ -136,7 +137,8 @@ def test_cifar_recipe_smoke(tmp_path, cifar_data_dir, recipe):
                                           ('dkd_r34_r18', 'imagenet_data_dir')])
 def test_full_recipe_without_teacher_checkpoint_stops_at_once(tmp_path, request, recipe, data):
   proc = conftest.run_cli('kdjax.main', f'--config=configs/{recipe}.py', f'--workdir={tmp_path}',
-                          f'--config.data_dir={request.getfixturevalue(data)}')
+                          f'--config.data_dir={request.getfixturevalue(data)}',
+                          '--config.batch_size=8', '--config.eval_batch_size=8')  # tiny data
   _assert_one_line_error(proc, 'teacher.checkpoint is empty')
   assert not (tmp_path / 'checkpoints').exists()
 
