@@ -290,6 +290,35 @@ register(Method(
     loss=lambda out, batch, tap: losses.feature_distance(out['student'][tap], out['peer'][tap])))
 
 
+def _reviewkd_connector(hp, student, teacher):
+  from kdjax import connectors  # pylint: disable=g-import-not-at-top
+  s_taps, t_taps = tuple(hp['student_taps']), tuple(hp['teacher_taps'])
+  if len(s_taps) != len(t_taps):
+    raise KdjaxError(f'reviewkd pairs student_taps {s_taps} with teacher_taps {t_taps}; give '
+                     'both the same number of taps')
+  shape = lambda s: tuple(s.shape[1:]) if len(s.shape) == 4 else (1, 1, s.shape[-1])
+  in_channels = tuple(student[t].shape[-1] for t in s_taps)
+  return connectors.ReviewKDConnector(
+      student_taps=s_taps, in_channels=in_channels,
+      teacher_shapes=tuple(shape(teacher[t]) for t in t_taps),
+      mid=min(hp['max_mid_channels'], in_channels[-1]))
+
+
+def _reviewkd_loss(out, batch, student_taps, teacher_taps, max_mid_channels):
+  from kdjax.connectors.reviewkd import as_map  # pylint: disable=g-import-not-at-top
+  return sum(losses.hcl(out['connector'][f'level{i}'], as_map(out['teacher'][tap]))
+             for i, tap in enumerate(teacher_taps))
+
+
+register(Method(
+    name='reviewkd', doc='ReviewKD (§4.4): ABF fusion chain + hierarchical context loss',
+    defaults=dict(student_taps=('layer1_pre', 'layer2_pre', 'layer3_pre', 'layer4_pre', 'pooled'),
+                  teacher_taps=('layer1_pre', 'layer2_pre', 'layer3_pre', 'layer4_pre', 'pooled'),
+                  max_mid_channels=512),
+    reads=lambda hp: {'student': tuple(hp['student_taps']), 'teacher': tuple(hp['teacher_taps'])},
+    connector=_reviewkd_connector, loss=_reviewkd_loss))
+
+
 def _grouped(fn, group_size):
   """Applies `fn(out, batch)` to consecutive groups of `group_size` examples; averages."""
   def split(x):

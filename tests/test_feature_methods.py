@@ -27,6 +27,9 @@ METHODS = {
     'ofd': dict(weight=1e-3, stages=(1, 2, 3)),
     'mgd': dict(weight=7e-5, tap='layer3'),
     'pefd': dict(weight=25.0),
+    'reviewkd': dict(weight=5.0, warmup_epochs=20,
+                     student_taps=('layer1', 'layer2', 'layer3', 'pooled'),
+                     teacher_taps=('layer1_pre', 'layer2_pre', 'layer3_pre', 'pooled')),
 }
 
 
@@ -41,7 +44,7 @@ def _config(data_dir, name):
 
 
 # Each case compiles two CIFAR ResNets (~10 s); three run by default, the rest with -m slow.
-FAST = ('at', 'fitnet_down', 'ofd')
+FAST = ('at', 'fitnet_down', 'ofd', 'reviewkd')
 
 
 @pytest.mark.parametrize('name', [n if n in FAST else pytest.param(n, marks=pytest.mark.slow)
@@ -65,7 +68,7 @@ def test_method_trains_a_step_on_a_mismatched_pair(cifar_data_dir, name):
   moved = lambda a, b: max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()),
                                                         a, b)))
   assert moved(before['student'], after['student']) > 0
-  has_connector = name in ('cc', 'fitnet', 'fitnet_down', 'ofd', 'mgd', 'pefd')
+  has_connector = name in ('cc', 'fitnet', 'fitnet_down', 'ofd', 'mgd', 'pefd', 'reviewkd')
   assert ('connectors' in after) == has_connector
   if has_connector:
     assert moved(before['connectors'], after['connectors']) > 0
@@ -118,3 +121,21 @@ def test_udml_pulls_both_peers_features_together(digits_data_dir, tmp_path):
           state.params)[name]
   for name in ('student', 'peer'):
     assert max(float(np.abs(g).max()) for g in jax.tree.leaves(grads_of(name))) > 0
+
+
+def test_reviewkd_abf_chain_matches_every_teacher_target_for_r34_r18():
+  from kdjax import methods, models  # pylint: disable=g-import-not-at-top
+  shape = (1, 224, 224, 3)
+  term = methods.build_terms({'reviewkd': dict(weight=1.0)})[0]
+  taps = term.reads
+  s_shapes = train.tap_shapes(models.get_model('resnet18', num_classes=1000), taps['student'],
+                              shape)
+  t_shapes = train.tap_shapes(models.get_model('resnet34', num_classes=1000), taps['teacher'],
+                              shape)
+  module = term.method.connector(term.hparams, s_shapes, t_shapes)
+  assert module.mid == 512
+  zeros = lambda tree: jax.tree.map(lambda s: np.zeros(s.shape, np.float32), tree)
+  out = jax.eval_shape(lambda s, t: module.init_with_output(jax.random.key(0), s, t, False)[0],
+                       zeros(s_shapes), zeros(t_shapes))
+  assert [out[f'level{i}'].shape for i in range(5)] == [
+      (1, 56, 56, 64), (1, 28, 28, 128), (1, 14, 14, 256), (1, 7, 7, 512), (1, 1, 1, 512)]

@@ -13,3 +13,4 @@ from kdjax.connectors.fitnet import HintRegressor
 from kdjax.connectors.mgd import MaskedGenerator
 from kdjax.connectors.ofd import OFDConnectors
 from kdjax.connectors.pefd import ProjectorEnsemble
+from kdjax.connectors.reviewkd import ReviewKDConnector
