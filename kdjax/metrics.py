@@ -16,12 +16,15 @@ import jax
 class Writer:
   """One JSON object per line in metrics.jsonl plus the same scalars in TensorBoard."""
 
-  def __init__(self, workdir):
+  def __init__(self, workdir, resume_step=0):
     self._main = jax.process_index() == 0
     self._jsonl = None
     if self._main:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+      path = os.path.join(workdir, 'metrics.jsonl')
+      if resume_step and os.path.exists(path):
+        _drop_lines_after(path, resume_step)
+      self._jsonl = open(path, 'a')
     self._tb = metric_writers.create_default_writer(
         os.path.join(workdir, 'tensorboard'), just_logging=not self._main, asynchronous=False)
 
@@ -48,6 +51,15 @@ class Writer:
     self._tb.close()
     if self._jsonl:
       self._jsonl.close()
+
+
+def _drop_lines_after(path, step):
+  """Keeps the lines up to `step`: a resumed run rewrites what the interrupted one logged after
+  its last checkpoint, so every step appears once."""
+  with open(path) as f:
+    lines = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+  with open(path, 'w') as f:
+    f.writelines(lines)
 
 
 class Progress:

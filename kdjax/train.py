@@ -396,7 +396,7 @@ def train_and_evaluate(config, workdir: str, setup: Setup | None = None, mesh=No
   if start_step:
     logging.info('Resumed from the checkpoint at step %d in %s.', start_step, workdir)
 
-  writer = metrics_lib.Writer(workdir)
+  writer = metrics_lib.Writer(workdir, resume_step=start_step)
   train_step = compile_train_step(setup, mesh)
   eval_steps = {name: jax.jit(make_eval_step(model, setup.teacher), out_shardings=rep)
                 for name, model in setup.models.items()}

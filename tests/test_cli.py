@@ -117,6 +117,9 @@ def test_sigkill_then_same_command_resumes_and_ends_like_an_uninterrupted_run(
   final = lambda records: [{k: v for k, v in r.items() if k != 'examples_per_sec'}
                            for r in records if r['step'] == 400]
   assert final(_records(killed)) == final(_records(straight))
+  # Every step is logged once: what the killed run logged after its checkpoint was rewritten.
+  steps = lambda records: [(r['step'], r.get('model')) for r in records]
+  assert steps(_records(killed)) == steps(_records(straight))
   assert sorted(os.listdir(killed / 'checkpoints')) == sorted(os.listdir(straight / 'checkpoints'))
 
 
