@@ -37,6 +37,7 @@ def base_config():
       # Multi-process input: 'example' = batches identical to a single process (each process
       # reads the stream, decodes only its rows); 'file' = each process reads its own files.
       shard_by='example',
+      add_index=False,              # batches carry `index`, the example's position in the split
   ))
   c.batch_size = 64             # global, over all devices and processes
   c.eval_batch_size = 0         # 0 = batch_size

@@ -319,6 +319,57 @@ register(Method(
     connector=_reviewkd_connector, loss=_reviewkd_loss))
 
 
+def _afd_connector(hp, student, teacher):
+  from kdjax import connectors  # pylint: disable=g-import-not-at-top
+  s_taps, t_taps = tuple(hp['student_taps']), tuple(hp['teacher_taps'])
+  for side, taps, shapes in (('student', s_taps, student), ('teacher', t_taps, teacher)):
+    if not taps or any(len(shapes[t].shape) != 4 for t in taps):
+      raise KdjaxError(f'losses.afd.{side}_taps must name one or more [B, H, W, C] feature maps '
+                       f'(e.g. block0, block1, ...); got {taps}')
+  return connectors.AFDAttention(
+      student_taps=s_taps, teacher_taps=t_taps,
+      student_channels=tuple(int(student[t].shape[-1]) for t in s_taps),
+      teacher_channels=tuple(int(teacher[t].shape[-1]) for t in t_taps), qk_dim=hp['qk_dim'])
+
+
+def _afd_loss(out, batch, student_taps, teacher_taps, qk_dim):
+  return losses.afd([out['student'][t] for t in student_taps],
+                    [out['teacher'][t] for t in teacher_taps], out['connector']['attention'])
+
+
+register(Method(
+    name='afd', doc='Show, Attend and Distill (§4.7): attention over student blocks per teacher '
+                    'block; w_afd is the term weight (50 ImageNet, 200 CIFAR)',
+    defaults=dict(student_taps=tuple(f'block{i}' for i in range(8)),
+                  teacher_taps=tuple(f'block{j}' for j in range(16)), qk_dim=128),
+    reads=lambda hp: {'student': tuple(hp['student_taps']), 'teacher': tuple(hp['teacher_taps'])},
+    connector=_afd_connector, loss=_afd_loss))
+
+
+def _crd_connector(hp, student, teacher):
+  from kdjax import connectors  # pylint: disable=g-import-not-at-top
+  size = lambda s: int(np.prod(s.shape[1:]))
+  tap = hp['tap']
+  if hp['num_data'] <= 0:
+    raise KdjaxError('losses.crd.num_data must be the number of training examples (the memory '
+                     'bank rows); the trainer fills it from the dataset')
+  return connectors.CRDMemory(tap=tap, dim=hp['dim'], n_data=hp['num_data'],
+                              num_negatives=hp['num_negatives'],
+                              temperature=hp['temperature'], momentum=hp['momentum'],
+                              student_features=size(student[tap]),
+                              teacher_features=size(teacher[tap]))
+
+
+register(Method(
+    name='crd', doc='Contrastive Representation Distillation (§4.10): embeddings + memory banks; '
+                    'needs input.add_index',
+    defaults=dict(tap='pooled', dim=128, num_negatives=16384, temperature=0.07, momentum=0.5,
+                  num_data=0),
+    reads=_one_tap('tap'), connector=_crd_connector,
+    loss=lambda out, batch, tap, dim, num_negatives, temperature, momentum, num_data: losses.crd(
+        out['connector']['student_probs'], out['connector']['teacher_probs'], n_data=num_data)))
+
+
 def _grouped(fn, group_size):
   """Applies `fn(out, batch)` to consecutive groups of `group_size` examples; averages."""
   def split(x):

@@ -163,6 +163,7 @@ def build(config) -> Setup:
     teacher_variables, source = checkpoint.load_teacher(
         config.teacher.checkpoint, teacher, input_shape, allow_random=config.smoke,
         seed=config.seed)
+  terms = [_with_dataset_size(t, config, builder) for t in terms]
   shapes = {name: tap_shapes(model, tap_names[name], input_shape)
             for name, model in [*trainable.items(), ('teacher', teacher)] if model is not None}
   connectors = {t.name: t.method.connector(t.hparams, shapes['student'], shapes.get('teacher'))
@@ -178,6 +179,17 @@ def build(config) -> Setup:
                teacher_variables=teacher_variables, teacher_source=source,
                taps={k: v for k, v in tap_names.items() if k in trainable or k == 'teacher'},
                connectors=connectors, tap_shapes=shapes, tx=tx, schedule=schedule)
+
+
+def _with_dataset_size(term, config, builder):
+  """Methods with one memory row per training example (CRD) get `num_data` from the dataset."""
+  if 'num_data' not in term.hparams:
+    return term
+  if not config.input.add_index:
+    raise KdjaxError(f'losses.{term.name} ({term.method.name}) needs each example\'s index: set '
+                     '--config.input.add_index=True')
+  size = input_pipeline.index_space(builder, config.input.train_split)
+  return dataclasses.replace(term, hparams={**term.hparams, 'num_data': size})
 
 
 def tap_shapes(model, tap_names, input_shape):
@@ -204,8 +216,8 @@ def init_state(setup: Setup, rng) -> TrainState:
       variables = module.init(jax.random.fold_in(rng, 1000 + i),
                               zeros(setup.tap_shapes['student']),
                               zeros(setup.tap_shapes.get('teacher', {})), train=False)
-      params['connectors'][name] = variables['params']
-      batch_stats['connectors'][name] = variables.get('batch_stats', {})
+      params['connectors'][name] = variables.pop('params')
+      batch_stats['connectors'][name] = variables  # batch_stats, and e.g. CRD's crd_memory
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                     opt_state=setup.tx.init(params))
 
@@ -273,7 +285,7 @@ def make_train_step(setup: Setup):
     if teacher is not None:
       out['teacher'] = teacher_forward(teacher, teacher_variables, images, setup.taps['teacher'])
     epoch = state.step // spe + 1  # 1-based, constant within an epoch (ALGORITHMS.md §1.4)
-    # Randomness inside the step (MGD's masks) depends on (seed, step) only, not on the mesh.
+    # Randomness inside the step (MGD's masks, CRD's negatives) depends on (seed, step) only.
     step_rng = jax.random.fold_in(jax.random.key(setup.config.seed), state.step)
 
     def loss_fn(params):
@@ -289,12 +301,13 @@ def make_train_step(setup: Setup):
       if setup.connectors:
         new_stats['connectors'] = {}
         for name, module in setup.connectors.items():
-          variables = {'params': params['connectors'][name],
-                       'batch_stats': state.batch_stats['connectors'][name]}
-          connected[name], new = module.apply(variables, out['student'], out.get('teacher', {}),
-                                              train=True, mutable=['batch_stats'],
-                                              rngs={'mask': step_rng})
-          new_stats['connectors'][name] = new.get('batch_stats', {})
+          model_state = state.batch_stats['connectors'][name]
+          variables = {'params': params['connectors'][name], **model_state}
+          connected[name], new = module.apply(
+              variables, out['student'], out.get('teacher', {}), train=True,
+              batch={k: v for k, v in batch.items() if k != 'image'},
+              mutable=list(model_state), rngs={'distill': step_rng})
+          new_stats['connectors'][name] = {**model_state, **new}
       values = {t.name: t({**out, 'connector': connected[t.name]} if t.name in connected else out,
                           batch) for t in terms}
       total = sum(t.weight_at(epoch) * t.factor(epoch) * values[t.name] for t in terms)

@@ -27,6 +27,7 @@ METHODS = {
     'ofd': dict(weight=1e-3, stages=(1, 2, 3)),
     'mgd': dict(weight=7e-5, tap='layer3'),
     'pefd': dict(weight=25.0),
+    'crd': dict(weight=0.8, num_negatives=64),
     'reviewkd': dict(weight=5.0, warmup_epochs=20,
                      student_taps=('layer1', 'layer2', 'layer3', 'pooled'),
                      teacher_taps=('layer1_pre', 'layer2_pre', 'layer3_pre', 'pooled')),
@@ -40,11 +41,12 @@ def _config(data_dir, name):
     config.student.model = 'resnet20'
     config.teacher.model = 'resnet8x4'
     config.losses = {'ce': dict(weight=1.0), name: METHODS[name]}
+    config.input.add_index = name == 'crd'
   return config
 
 
 # Each case compiles two CIFAR ResNets (~10 s); three run by default, the rest with -m slow.
-FAST = ('at', 'fitnet_down', 'ofd', 'reviewkd')
+FAST = ('at', 'fitnet_down', 'ofd', 'reviewkd', 'crd')
 
 
 @pytest.mark.parametrize('name', [n if n in FAST else pytest.param(n, marks=pytest.mark.slow)
@@ -68,7 +70,7 @@ def test_method_trains_a_step_on_a_mismatched_pair(cifar_data_dir, name):
   moved = lambda a, b: max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()),
                                                         a, b)))
   assert moved(before['student'], after['student']) > 0
-  has_connector = name in ('cc', 'fitnet', 'fitnet_down', 'ofd', 'mgd', 'pefd', 'reviewkd')
+  has_connector = name in ('cc', 'fitnet', 'fitnet_down', 'ofd', 'mgd', 'pefd', 'reviewkd', 'crd')
   assert ('connectors' in after) == has_connector
   if has_connector:
     assert moved(before['connectors'], after['connectors']) > 0
@@ -139,3 +141,30 @@ def test_reviewkd_abf_chain_matches_every_teacher_target_for_r34_r18():
                        zeros(s_shapes), zeros(t_shapes))
   assert [out[f'level{i}'].shape for i in range(5)] == [
       (1, 56, 56, 64), (1, 28, 28, 128), (1, 14, 14, 256), (1, 7, 7, 512), (1, 1, 1, 512)]
+
+
+def test_crd_memory_rows_of_the_batch_are_updated_and_z_is_set_once(cifar_data_dir):
+  config = _config(cifar_data_dir, 'crd')
+  setup = train.build(config)
+  assert next(t for t in setup.terms if t.name == 'crd').hparams['num_data'] == 96
+  mesh = train.make_mesh()
+  state = train.create_state(setup, mesh, 0)
+  step = train.compile_train_step(setup, mesh)
+  batches = input_pipeline.train_batches(config, setup.builder, start_step=0,
+                                         local_batch_size=config.batch_size,
+                                         steps_per_epoch=setup.steps_per_epoch)
+  teacher = jax.device_put(setup.teacher_variables, train.replicated(mesh))
+  memory = lambda st: jax.device_get(st.batch_stats['connectors']['crd']['crd_memory'])
+  before = memory(state)
+  assert before['z_student'] == -1 and before['student'].shape == (96, 128)
+  batch = next(batches)
+  state, _ = step(state, teacher, train.global_batch(batch, mesh))
+  after = memory(state)
+  changed = np.flatnonzero(np.abs(after['student'] - before['student']).max(axis=1) > 0)
+  np.testing.assert_array_equal(np.sort(changed), np.sort(batch['index']))
+  np.testing.assert_allclose(np.linalg.norm(after['teacher'][batch['index']], axis=1), 1,
+                             rtol=1e-5)
+  z = float(after['z_student'])
+  assert z > 0
+  state, _ = step(state, teacher, train.global_batch(next(batches), mesh))
+  assert float(memory(state)['z_student']) == z  # set on the first step, then frozen

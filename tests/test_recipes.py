@@ -41,7 +41,7 @@ def test_recipes_cover_the_response_methods():
     config, _ = conftest.load_recipe(name)
     used |= {dict(t).get('method') or k for k, t in config.losses.items()}
   assert {'ce', 'kd', 'dkd', 'dist', 'wsl', 'skd', 'ssld', 'dml', 'at', 'ofd', 'fitnet', 'mgd',
-          'pefd', 'rkd', 'pkt', 'cc', 'sp', 'nst', 'reviewkd'} <= used
+          'pefd', 'rkd', 'pkt', 'cc', 'sp', 'nst', 'reviewkd', 'crd', 'afd'} <= used
 
 
 def _read_metrics(workdir):

@@ -22,11 +22,15 @@ from kdjax.errors import KdjaxError
 from kdjax.quickstart import load_recipe
 
 
-def test_eight_devices_give_the_same_steps_as_one(digits_data_dir):
+@pytest.mark.parametrize('mode', ['', 'crd'])
+def test_eight_devices_give_the_same_steps_as_one(digits_data_dir, mode):
+  """KD + DKD (BatchNorm statistics over the devices), and CE + CRD (memory banks: the same on
+  every device, and the same as on one device)."""
   env = conftest.cli_env()
   env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
   out = subprocess.run([sys.executable, os.path.join(conftest.ROOT, 'tests', 'sharding_check.py'),
-                        digits_data_dir], env=env, capture_output=True, text=True, timeout=300)
+                        digits_data_dir, mode], env=env, capture_output=True, text=True,
+                       timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result['num_devices'] == 8
@@ -35,6 +39,7 @@ def test_eight_devices_give_the_same_steps_as_one(digits_data_dir):
     for key in one:
       np.testing.assert_allclose(many[key], one[key], rtol=2e-5, err_msg=key)
   assert result['max_abs_variable_diff'] < 1e-5
+  assert result['replicas_agree']
 
 
 def _optimizer_config(**kw):

@@ -60,12 +60,13 @@ class AFDAttention(nn.Module):
   qk_dim: int = 128
 
   @nn.compact
-  def __call__(self, student, teacher, train):
+  def __call__(self, student, teacher, train, batch=None):
+    del batch  # only CRD reads the batch
     d, n_s, n_t = self.qk_dim, len(self.student_taps), len(self.teacher_taps)
-    batch = student[self.student_taps[0]].shape[0]
-    if train and batch < 2:
+    batch_size = student[self.student_taps[0]].shape[0]
+    if train and batch_size < 2:
       raise KdjaxError('afd: its BatchNorm1d layers need more than one example per training '
-                       f'batch, got {batch}; raise batch_size')
+                       f'batch, got {batch_size}; raise batch_size')
     # Teacher side: trainable queries from the detached teacher taps.
     query = jnp.stack([
         LinearBN(d, c, relu=False, name=f'query_layer{j}')(
@@ -76,7 +77,7 @@ class AFDAttention(nn.Module):
         LinearBN(d, c, relu=True, name=f'key_layer{i}')(_gap(student[tap]), train)
         for i, (tap, c) in enumerate(zip(self.student_taps, self.student_channels))], axis=1)
     bilinear_key = LinearBN(d * n_t, d, relu=False, name='bilinear')(
-        key.reshape(batch * n_s, d), train).reshape(batch, n_s, n_t, d)
+        key.reshape(batch_size * n_s, d), train).reshape(batch_size, n_s, n_t, d)
     p_t = self.param('p_t', XAVIER_NORMAL, (n_t, d), jnp.float32)
     p_s = self.param('p_s', XAVIER_NORMAL, (n_s, d), jnp.float32)
     return {'attention': losses.afd_attention(bilinear_key, query, p_t, p_s)}

@@ -18,8 +18,8 @@ class Embeddings(nn.Module):
   teacher_features: int
 
   @nn.compact
-  def __call__(self, student, teacher, train):
-    del train
+  def __call__(self, student, teacher, train, batch=None):
+    del train, batch
     flat = lambda x: x.reshape(x.shape[0], -1)
     e_s = torch_dense(self.dim, in_features=self.student_features, name='embed_s')(
         flat(student[self.tap]))

@@ -43,7 +43,7 @@ class HintRegressor(nn.Module):
   teacher_shape: tuple
 
   @nn.compact
-  def __call__(self, student, teacher, train):
-    del teacher
+  def __call__(self, student, teacher, train, batch=None):
+    del teacher, batch
     reg = ConvReg(self.student_shape, self.teacher_shape, name='regressor')
     return {'hint': reg(student[self.student_tap], train)}

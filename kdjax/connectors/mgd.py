@@ -10,7 +10,7 @@ class MaskedGenerator(nn.Module):
   """Returns {'generated': generation(align(F_s) * Mk)} with the teacher's channel count.
 
   The mask Mk (one Bernoulli per sample and channel, P(masked) = lambda_mgd) is drawn from the
-  'mask' RNG stream, which the trainer derives from (seed, step): the same on any mesh.
+  'distill' RNG stream, which the trainer derives from (seed, step): the same on any mesh.
   PyTorch default init, as the official code.
   """
   tap: str
@@ -19,14 +19,14 @@ class MaskedGenerator(nn.Module):
   lambda_mgd: float
 
   @nn.compact
-  def __call__(self, student, teacher, train):
-    del teacher
+  def __call__(self, student, teacher, train, batch=None):
+    del teacher, batch
     x = student[self.tap]
     c = self.teacher_channels
     if self.student_channels != c:
       x = torch_conv(c, 1, in_features=self.student_channels, name='align')(x)
     if train:
-      x = x * losses.mgd_mask(self.make_rng('mask'), x.shape, lambda_mgd=self.lambda_mgd)
+      x = x * losses.mgd_mask(self.make_rng('distill'), x.shape, lambda_mgd=self.lambda_mgd)
     x = torch_conv(c, 3, padding=1, in_features=c, name='generation0')(x)
     x = torch_conv(c, 3, padding=1, in_features=c, name='generation1')(nn.relu(x))
     return {'generated': x}

@@ -17,8 +17,8 @@ class OFDConnectors(nn.Module):
   teacher_channels: Sequence[int]
 
   @nn.compact
-  def __call__(self, student, teacher, train):
-    del teacher
+  def __call__(self, student, teacher, train, batch=None):
+    del teacher, batch
     out = {}
     for i, (tap, channels) in enumerate(zip(self.student_taps, self.teacher_channels)):
       y = nn.Conv(channels, (1, 1), use_bias=False, kernel_init=conv_kernel_init,

@@ -13,8 +13,8 @@ class ProjectorEnsemble(nn.Module):
   teacher_features: int
 
   @nn.compact
-  def __call__(self, student, teacher, train):
-    del teacher, train
+  def __call__(self, student, teacher, train, batch=None):
+    del teacher, train, batch
     h = student[self.tap].reshape(student[self.tap].shape[0], -1)
     projections = [nn.relu(torch_dense(self.teacher_features, in_features=self.student_features,
                                        name=f'projector{i}')(h))

@@ -52,8 +52,8 @@ class ReviewKDConnector(nn.Module):
   mid: int
 
   @nn.compact
-  def __call__(self, student, teacher, train):
-    del teacher
+  def __call__(self, student, teacher, train, batch=None):
+    del teacher, batch
     out, residual = {}, None
     for i in reversed(range(len(self.student_taps))):
       abf = ABF(self.in_channels[i], self.mid, tuple(self.teacher_shapes[i]), name=f'abf{i}')

@@ -158,6 +158,9 @@ def train_batches(config, builder, *, start_step: int, local_batch_size: int,
   if not n_unlabeled:
     yield from labeled
     return
+  if inp.add_index:
+    raise KdjaxError('input.add_index (CRD) cannot be combined with input.unlabeled: the '
+                     'unlabeled source has no rows in the memory bank')
   if unlabeled_builder is None:
     unlabeled_builder = get_unlabeled_builder(config)
   split = inp.unlabeled.split
@@ -193,12 +196,17 @@ def _epochs(config, builder, split_name, *, start_step, batch, steps_per_epoch, 
   if num_labeled > 0 and not has_id:
     raise KdjaxError(f"input.num_labeled needs an integer 'id' feature; {builder.name} has none")
 
+  add_index = inp.add_index and num_labeled >= 0
+  to_index = example_index(builder, split_name) if add_index else None
+
   def prepare(position, example, epoch_seed):
     seed = tf.stack([epoch_seed, tf.cast(position, tf.int64)])
     image = preprocess.normalize(augment(example['image'], seed), inp.mean, inp.std)
     out = {'image': image, 'label': _hide_labels(example, num_labeled)}
     if has_id:
       out['id'] = tf.cast(example['id'], tf.int32)
+    if add_index:
+      out['index'] = tf.cast(to_index(example['tfds_id']), tf.int32)
     return out
 
   def mine(position, example):
@@ -209,7 +217,7 @@ def _epochs(config, builder, split_name, *, start_step, batch, steps_per_epoch, 
   while True:
     epoch_seed = seed * 1_000_003 + epoch
     read_config = tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16,
-                                  skip_prefetch=True)
+                                  skip_prefetch=True, add_tfds_id=add_index)
     ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config,
                             decoders=_decoders(config))
     ds = ds.shuffle(inp.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
@@ -222,6 +230,29 @@ def _epochs(config, builder, split_name, *, start_step, batch, steps_per_epoch, 
     ds = ds.take(steps_per_epoch - skip_batches).prefetch(inp.prefetch_batches)
     yield from tfds.as_numpy(ds)
     epoch, skip_batches = epoch + 1, 0
+
+
+def index_space(builder, split_name) -> int:
+  """How many distinct example indices `example_index` gives for a split: the whole base split."""
+  return builder.info.splits[split_name.split('[')[0]].num_examples
+
+
+def example_index(builder, split_name):
+  """A tf function: an example's `tfds_id` -> its position in the (base) split, 0 <= i < N.
+
+  `tfds_id` names the record file's shard and the record within it
+  (`cifar100-train.tfrecord-00003-of-00008__17`); adding the sizes of the shards before it gives
+  a dataset index that is stable across shuffling and processes (CRD's memory rows).
+  """
+  lengths = builder.info.splits[split_name.split('[')[0]].shard_lengths
+  offsets = tf.constant(np.concatenate([[0], np.cumsum(lengths)[:-1]]), tf.int64)
+
+  def index(tfds_id):
+    parts = tf.strings.split(tfds_id, '__')
+    shard = tf.strings.regex_replace(parts[0], r'^.*-(\d+)-of-\d+$', r'\1')
+    return (tf.gather(offsets, tf.strings.to_number(shard, tf.int64))
+            + tf.strings.to_number(parts[1], tf.int64))
+  return index
 
 
 def eval_batches(config, builder, *, local_batch_size: int) -> Iterator[dict]:
