@@ -10,6 +10,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import conftest
 from kdjax import connectors
@@ -28,6 +29,7 @@ def _moved(a, b):
   return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a, b)))
 
 
+@pytest.mark.slow
 def test_afd_trains_a_step_on_a_mismatched_cifar_pair(cifar_data_dir):
   config, _ = conftest.load_recipe('kd_r32x4_r8x4', 'smoke')
   s_taps, t_taps = _blocks('resnet20', num_classes=100), _blocks('resnet8x4', num_classes=100)

@@ -46,7 +46,7 @@ def _config(data_dir, name):
 
 
 # Each case compiles two CIFAR ResNets (~10 s); three run by default, the rest with -m slow.
-FAST = ('at', 'fitnet_down', 'ofd', 'reviewkd', 'crd')
+FAST = ('at', 'ofd', 'reviewkd', 'crd')
 
 
 @pytest.mark.parametrize('name', [n if n in FAST else pytest.param(n, marks=pytest.mark.slow)
@@ -103,6 +103,7 @@ def test_connectors_are_checkpointed_but_not_exported(tmp_path, cifar_data_dir):
   assert 'regressor' not in str(jax.tree_util.tree_structure(exported))
 
 
+@pytest.mark.slow
 def test_udml_pulls_both_peers_features_together(digits_data_dir, tmp_path):
   config, _ = conftest.load_recipe('digits_kd', 'smoke')
   with config.unlocked():

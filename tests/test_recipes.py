@@ -41,7 +41,7 @@ def test_recipes_cover_the_response_methods():
     config, _ = conftest.load_recipe(name)
     used |= {dict(t).get('method') or k for k, t in config.losses.items()}
   assert {'ce', 'kd', 'dkd', 'dist', 'wsl', 'skd', 'ssld', 'dml', 'at', 'ofd', 'fitnet', 'mgd',
-          'pefd', 'rkd', 'pkt', 'cc', 'sp', 'nst', 'reviewkd', 'crd', 'afd'} <= used
+          'pefd', 'rkd', 'pkt', 'cc', 'sp', 'nst', 'reviewkd', 'crd', 'afd', 'udml'} <= used
 
 
 def _read_metrics(workdir):
@@ -73,7 +73,7 @@ def test_dkd_r34_r18_smoke_on_a_miniature_imagenet(tmp_path, imagenet_data_dir):
 def test_imagenet_recipe_smoke(tmp_path, imagenet_data_dir, name):
   records, _ = _cli_smoke(name, tmp_path, imagenet_data_dir)
   models = {r['model'] for r in records if 'split' in r}
-  assert models >= ({'student', 'peer'} if name.startswith('dml') else {'student'})
+  assert models >= ({'student', 'peer'} if name.startswith(('dml', 'udml')) else {'student'})
 
 
 @pytest.mark.slow

@@ -1,0 +1,26 @@
+r"""UDML (PaddleClas): DML between two ResNet-18 peers plus an L2 pull between their layer3 features.
+
+  python -m kdjax.main --config=configs/udml_r18_r18.py --workdir=W
+
+Hardware: 8 GPUs or a TPU pod slice. `:smoke`: 4 steps at 64x64 on a CPU. No teacher.
+Loss: CE(student) + CE(peer) + DML(student, peer) + mean (F_student - F_peer)^2 at layer3, every
+weight 1 (PaddleClas `PPLCNet_x2_5_udml.yaml`; layer3 is kdjax's choice for ResNets, the
+stride-16 stage like PPLCNet's `blocks5`; ALGORITHMS.md §4.8). Schedule as configs/dml_r18_r18.py.
+Expected top-1: not checked here for ResNet-18 peers.
+"""
+
+from kdjax import config_base
+from kdjax import recipes
+
+
+def get_config(arg=None):
+  c, _ = recipes.imagenet(arg)
+  c.teacher.model = ''
+  c.peer.model = 'resnet18'
+  c.optimizer.update(learning_rate=0.4, lr_base_batch_size=1024, schedule='cosine',
+                     warmup_epochs=5)
+  c.losses.ce = dict(weight=1.0)
+  c.losses.ce_peer = dict(method='ce', weight=1.0, network='peer')
+  c.losses.dml = dict(weight=1.0)
+  c.losses.udml = dict(weight=1.0, tap='layer3')
+  return config_base.lock_config(c)
