@@ -92,9 +92,12 @@ class Manager:
 
 
 def latest_metadata(workdir):
-  """(step, metadata dict) of the latest checkpoint in a workdir, or a KdjaxError."""
+  """(step, manager, metadata dict) of the latest checkpoint in a workdir, or a KdjaxError."""
   directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
-  manager = ocp.CheckpointManager(directory, item_names=('state', 'metadata'))
+  manager = ocp.CheckpointManager(
+      directory, item_names=('state', 'metadata'),
+      item_handlers={'state': ocp.StandardCheckpointHandler(),
+                     'metadata': ocp.JsonCheckpointHandler()})
   step = manager.latest_step()
   if step is None:
     raise KdjaxError(f"no checkpoint in '{directory}'; train there first with python -m "
@@ -107,7 +110,13 @@ def restore_student(workdir):
   """(variables, metadata) of the exported network (`config.export`, by default the student)
   in the latest training checkpoint of `workdir`."""
   step, manager, metadata = latest_metadata(workdir)
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  # Restore onto this host's first device whatever mesh saved it (export on a laptop after a
+  # pod run): the target takes shapes and dtypes from the checkpoint, the sharding from here.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        manager.item_metadata(step)['state'],
+                        is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   state = restored.state
   name = metadata.get('export', 'student')
   variables = {'params': state['params'][name]}
@@ -201,7 +210,8 @@ def random_teacher(model, input_shape, seed, calibration_passes=40):
 def load_teacher(path, model, input_shape, *, allow_random=False, seed=0):
   """Loads frozen teacher variables as host arrays; returns (variables, source description).
 
-  `path` is a kdjax training workdir (its latest checkpoint's student) or an export folder.
+  `path` is a kdjax training workdir (its latest checkpoint's exported network), an export
+  folder, or a torchvision/timm state dict file (`kdjax.torch_import`).
   An empty path gives a random teacher only when `allow_random` (the `:smoke` recipes).
   """
   if not path:

@@ -35,7 +35,8 @@ def base_config():
       )),
       prefetch_batches=2,
       # Multi-process input: 'example' = batches identical to a single process (each process
-      # reads the stream, decodes only its rows); 'file' = each process reads its own files.
+      # reads the whole stream and keeps its rows of each global batch before augmenting;
+      # the JPEG ops also decode only those); 'file' = each process reads its own files.
       shard_by='example',
       add_index=False,              # batches carry `index`, the example's position in the split
   ))
@@ -76,5 +77,19 @@ def parse_arg(arg, allowed=('smoke',)):
 
 
 def lock_config(c):
+  """Declares every key each loss term accepts (its method's hyperparameters with their
+  defaults, warmup_epochs, weight_schedule, method), then locks the config: any of them can be
+  overridden from the command line, and a misspelt key fails."""
+  from kdjax import methods  # pylint: disable=g-import-not-at-top  (imports JAX)
+  for name in list(c.losses.keys()):
+    term = c.losses[name]
+    method = methods.METHODS.get(term.get('method') or name)
+    if method is None:
+      continue  # train.build reports the unknown method with the list of valid ones.
+    defaults = dict(method.defaults, warmup_epochs=0.0, weight_schedule=(),
+                    method=method.name)
+    for key, value in defaults.items():
+      if key not in term:
+        term[key] = value
   c.lock()
   return c

@@ -29,8 +29,7 @@ FLAGS = flags.FLAGS
 
 # Environment variables that mean "this process is one of several" and let jax.distributed
 # find its peers by itself.
-_CLUSTER_ENV = ('TPU_WORKER_HOSTNAMES', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE',
-                'JAX_COORDINATOR_ADDRESS')
+_CLUSTER_ENV = ('TPU_WORKER_HOSTNAMES', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE')
 
 
 def initialize_distributed():
@@ -51,8 +50,6 @@ def _cluster_size():
   sizes = [len(hosts.split(',')) if hosts else 1]
   for key in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'):
     sizes.append(int(os.environ.get(key, '1') or 1))
-  if os.environ.get('JAX_COORDINATOR_ADDRESS'):
-    sizes.append(2)
   return max(sizes)
 
 

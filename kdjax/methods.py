@@ -44,8 +44,8 @@ class Method:
   `reads` maps each network the loss reads to its taps; a callable gets the hyperparameters
   (for methods whose taps are hyperparameters, or `ce`, which reads a chosen network).
   `connector(hparams, student_shapes, teacher_shapes)` builds the method's trainable Flax
-  module (kdjax/connectors/) from the tapped shapes; its `__call__(student, teacher, train)`
-  returns a dict the loss reads as `out['connector']`. `constants(hparams, teacher_model,
+  module (kdjax/connectors/) from the tapped shapes; its `__call__(student, teacher, train,
+  batch=None)` returns a dict the loss reads as `out['connector']`. `constants(hparams, teacher_model,
   teacher_variables)` computes, once, arrays passed to the loss as keyword arguments (OFD's
   margins).
   """

@@ -22,7 +22,7 @@ class Writer:
     if self._main:
       os.makedirs(workdir, exist_ok=True)
       path = os.path.join(workdir, 'metrics.jsonl')
-      if resume_step and os.path.exists(path):
+      if os.path.exists(path):
         _drop_lines_after(path, resume_step)
       self._jsonl = open(path, 'a')
     self._tb = metric_writers.create_default_writer(
@@ -54,10 +54,16 @@ class Writer:
 
 
 def _drop_lines_after(path, step):
-  """Keeps the lines up to `step`: a resumed run rewrites what the interrupted one logged after
-  its last checkpoint, so every step appears once."""
+  """Keeps the lines up to `step` (none for a fresh start): a resumed run rewrites what the
+  interrupted one logged after its last checkpoint, so every step appears once. A line cut off
+  by a hard kill is dropped too."""
+  def keep(line):
+    try:
+      return json.loads(line)['step'] <= step and step > 0
+    except (ValueError, KeyError, TypeError):
+      return False
   with open(path) as f:
-    lines = [line for line in f if line.strip() and json.loads(line)['step'] <= step]
+    lines = [line for line in f if keep(line)]
   with open(path, 'w') as f:
     f.writelines(lines)
 

@@ -120,6 +120,9 @@ def _check_config(config):
                        f'set --config.{key} to a multiple of {jax.device_count()}')
   if config.num_epochs <= 0 and config.num_train_steps <= 0:
     raise KdjaxError('set num_epochs or num_train_steps to a positive number')
+  for key in ('log_every_steps', 'checkpoint_every_steps'):
+    if config[key] <= 0:
+      raise KdjaxError(f'{key} must be a positive number of steps, got {config[key]}')
   if config.export not in methods.TRAINABLE:
     raise KdjaxError(f"export must be one of {', '.join(methods.TRAINABLE)}, got "
                      f"'{config.export}'")
@@ -143,6 +146,7 @@ def build(config) -> Setup:
   terms = methods.build_terms(config.losses, batch_size=config.batch_size)
   builder = input_pipeline.get_builder(config)
   unlabeled_builder = input_pipeline.get_unlabeled_builder(config)
+  input_pipeline.check_options(config, builder, unlabeled_builder)
   info = input_pipeline.dataset_info(config, builder)
   spe = input_pipeline.steps_per_epoch(config, info)
   total = (config.num_train_steps if config.num_train_steps > 0
@@ -228,23 +232,26 @@ def init_state(setup: Setup, rng) -> TrainState:
 
 
 def learning_rate_schedule(cfg, *, batch_size, steps_per_epoch, total_steps):
-  """Base LR (scaled by batch_size / lr_base_batch_size if set), warm-up, then step or cosine."""
+  """Base LR (scaled by batch_size / lr_base_batch_size if set), linear warm-up from 0, then
+  step decays at absolute epoch boundaries, cosine decay to 0 at the end, or constant."""
   base = cfg.learning_rate
   if cfg.lr_base_batch_size > 0:
     base *= batch_size / cfg.lr_base_batch_size
   warmup = round(cfg.warmup_epochs * steps_per_epoch)
-  if cfg.schedule == 'step':
-    boundaries = {round(e * steps_per_epoch): cfg.decay_factor for e in cfg.decay_epochs}
-    main = optax.piecewise_constant_schedule(base, boundaries)
-    return (optax.join_schedules([optax.linear_schedule(0.0, base, warmup), main], [warmup])
-            if warmup else main)
   if cfg.schedule == 'cosine':
     return optax.warmup_cosine_decay_schedule(0.0, base, warmup, max(total_steps, warmup + 1))
-  if cfg.schedule == 'constant':
-    return (optax.join_schedules([optax.linear_schedule(0.0, base, warmup),
-                                  optax.constant_schedule(base)], [warmup])
-            if warmup else optax.constant_schedule(base))
-  raise KdjaxError(f"unknown optimizer.schedule '{cfg.schedule}'; valid: step, cosine, constant")
+  if cfg.schedule == 'step':
+    main = optax.piecewise_constant_schedule(
+        base, {round(e * steps_per_epoch): cfg.decay_factor for e in cfg.decay_epochs})
+  elif cfg.schedule == 'constant':
+    main = optax.constant_schedule(base)
+  else:
+    raise KdjaxError(f"unknown optimizer.schedule '{cfg.schedule}'; valid: step, cosine, "
+                     'constant')
+  if not warmup:
+    return main
+  # The decays stay at their epochs: warm-up replaces the first steps, it does not shift them.
+  return lambda step: jnp.where(step < warmup, base * step / warmup, main(step))
 
 
 def make_optimizer(cfg, *, batch_size, steps_per_epoch, total_steps):
@@ -414,7 +421,7 @@ def train_and_evaluate(config, workdir: str, setup: Setup | None = None, mesh=No
   eval_steps = {name: jax.jit(make_eval_step(model, setup.teacher), out_shardings=rep)
                 for name, model in setup.models.items()}
 
-  def run_eval(step, model_name):
+  def run_eval(step, model_name, write=True):
     """Evaluates one network on the whole eval split and writes the eval line."""
     batches = input_pipeline.eval_batches(config, setup.builder, local_batch_size=eval_local_batch)
     if model_name == 'teacher':
@@ -423,12 +430,13 @@ def train_and_evaluate(config, workdir: str, setup: Setup | None = None, mesh=No
     else:
       result = evaluate(eval_steps[model_name], network_variables(state, model_name),
                         teacher_variables, batches, mesh)
-    writer.write_eval(step, config.input.eval_split, model_name, result)
+    if write:
+      writer.write_eval(step, config.input.eval_split, model_name, result)
     return result
 
-  def run_evals(step):
+  def run_evals(step, write=True):
     """Evaluates every trainable network; returns the exported network's result."""
-    results = {name: run_eval(step, name) for name in setup.models}
+    results = {name: run_eval(step, name, write) for name in setup.models}
     return results[config.export]
 
   def finish(result):
@@ -440,7 +448,7 @@ def train_and_evaluate(config, workdir: str, setup: Setup | None = None, mesh=No
     run_eval(0, 'teacher')
   if start_step >= setup.total_steps:
     logging.info('The run in %s is already complete (step %d).', workdir, start_step)
-    return finish(run_evals(start_step))
+    return finish(run_evals(start_step, write=False))  # Its eval lines are already written.
 
   batches = input_pipeline.train_batches(config, setup.builder, start_step=start_step,
                                          local_batch_size=local_batch,
@@ -465,8 +473,9 @@ def train_and_evaluate(config, workdir: str, setup: Setup | None = None, mesh=No
       progress.log(step, means)
       pending, last_log = [], now
     if step % eval_every == 0 or step == setup.total_steps:
+      eval_start = time.perf_counter()
       result = run_evals(step)
-      last_log = time.perf_counter()  # Keep eval time out of the training throughput.
+      last_log += time.perf_counter() - eval_start  # Keep eval time out of examples/s.
     if step % config.checkpoint_every_steps == 0 or step == setup.total_steps:
       manager.save(step, state, setup)
   return finish(result)

@@ -44,6 +44,17 @@ def test_bad_input_exits_with_one_line_and_writes_nothing(tmp_path, digits_data_
   assert not (workdir / 'checkpoints').exists()
 
 
+def test_every_term_key_can_be_overridden(tmp_path, digits_data_dir):
+  """Recipes declare each term's full set of keys, so documented hyperparameters override."""
+  proc = conftest.run_cli('kdjax.main', '--config=configs/digits_kd.py:smoke',
+                          f'--workdir={tmp_path}', f'--config.data_dir={digits_data_dir}',
+                          '--config.num_train_steps=2', '--config.log_every_steps=1',
+                          '--config.losses.ce.label_smoothing=0.1',
+                          '--config.losses.kd.warmup_epochs=4',
+                          '--config.optimizer.warmup_epochs=1')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_missing_recipe_file_and_bad_recipe_argument(tmp_path):
   proc = conftest.run_cli('kdjax.main', '--config=configs/nope.py', f'--workdir={tmp_path}')
   _assert_one_line_error(proc, 'configs/nope.py')

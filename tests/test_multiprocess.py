@@ -9,6 +9,7 @@ import sys
 import numpy as np
 
 import conftest
+from kdjax import checkpoint
 
 
 def _free_port():
@@ -53,3 +54,7 @@ def test_two_processes_train_like_one(tmp_path, digits_data_dir):
         np.testing.assert_allclose(rb[key], ra[key], rtol=1e-5, err_msg=f'{key} @ {ra["step"]}')
   # Written once (by process 0), and the same checkpoints are kept.
   assert sorted(os.listdir(two / 'checkpoints')) == sorted(os.listdir(one / 'checkpoints'))
+  # A checkpoint saved over 4 devices exports on this 1-device process.
+  meta = checkpoint.export_workdir(str(two), str(tmp_path / 'export'))
+  variables, _ = checkpoint.load_exported(str(tmp_path / 'export'))
+  assert meta['model'] == 'mlp32' and set(variables) == {'params'}

@@ -56,6 +56,13 @@ def test_step_schedule_decays_at_epoch_boundaries_and_scales_with_batch():
                              [0.2, 0.2, 0.02, 0.02, 0.002], rtol=1e-6)
 
 
+def test_warmup_does_not_move_the_step_decays():
+  cfg = _optimizer_config(learning_rate=1.0, schedule='step', decay_epochs=(2,), warmup_epochs=1)
+  sched = train.learning_rate_schedule(cfg, batch_size=1, steps_per_epoch=10, total_steps=40)
+  np.testing.assert_allclose([sched(0), sched(5), sched(10), sched(19), sched(20)],
+                             [0.0, 0.5, 1.0, 1.0, 0.1], atol=1e-6)
+
+
 def test_warmup_then_cosine():
   cfg = _optimizer_config(learning_rate=1.0, schedule='cosine', warmup_epochs=1)
   sched = train.learning_rate_schedule(cfg, batch_size=1, steps_per_epoch=10, total_steps=110)

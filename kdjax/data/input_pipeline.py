@@ -1,10 +1,11 @@
 """TFDS input pipelines: per-process shards, deterministic resumable training order, exact eval.
 
-Training: epoch `e` reads this process's shard of the train split with file order and shuffle
-seeded by (seed, e), assigns each example a stateless augmentation seed from (seed, e, position),
-decodes/augments/normalises, and batches with `drop_remainder` (every process runs the same
-number of steps). Resuming at step `s` skips the examples already consumed in the current epoch
-before decoding, so a resumed run sees exactly the batches an uninterrupted run would.
+Training: epoch `e` reads the train split with file order and shuffle seeded by (seed, e),
+assigns each example a stateless augmentation seed from (seed, e, position), augments and
+normalises, and batches with `drop_remainder` (every process runs the same number of steps).
+Resuming at step `s` skips the examples already consumed in the current epoch before the
+augmentation (and, for the JPEG ops, before decoding), so a resumed run sees exactly the batches
+an uninterrupted run would.
 
 Evaluation: every example of the eval split exactly once; the last batch is padded with
 `mask = 0` examples, and every process yields the same number of batches.
@@ -107,16 +108,46 @@ def dataset_info(config, builder=None) -> DatasetInfo:
       num_eval=builder.info.splits[config.input.eval_split].num_examples)
 
 
+def check_options(config, builder, unlabeled_builder):
+  """Fails at set-up, not at the first batch, on input options that cannot work."""
+  inp = config.input
+  if inp.shard_by not in ('example', 'file'):
+    raise KdjaxError(f"input.shard_by must be 'example' or 'file', got '{inp.shard_by}'")
+  preprocess.train_op(inp.train_augment, image_size=inp.image_size)
+  preprocess.eval_op(inp.eval_preprocess, image_size=inp.image_size,
+                     resize_size=inp.eval_resize_size)
+  if inp.num_labeled > 0 and not _has_integer_id(builder):
+    raise KdjaxError(f"input.num_labeled needs an integer 'id' feature; {builder.name} has none")
+  if unlabeled_builder is not None:
+    if inp.add_index:
+      raise KdjaxError('input.add_index (CRD) cannot be combined with input.unlabeled: the '
+                       'unlabeled source has no rows in the memory bank')
+    n_unlabeled = batch_split(config, config.batch_size)[1]
+    available = unlabeled_builder.info.splits[inp.unlabeled.split].num_examples
+    if available < n_unlabeled:
+      raise KdjaxError(f'input.unlabeled.split {inp.unlabeled.split} has {available} examples, '
+                       f'fewer than the {n_unlabeled} unlabeled examples per batch')
+
+
 def batch_split(config, batch_size):
-  """(labelled, unlabeled) examples in a batch of `batch_size` (input.unlabeled.fraction)."""
-  unlabeled = round(batch_size * max(config.input.unlabeled.fraction, 0.0))
+  """(labelled, unlabeled) examples in a batch of `batch_size` (input.unlabeled.fraction).
+
+  Split on the global batch, then divided by the process count, so the mix does not depend on
+  how many processes there are.
+  """
+  num_processes = jax.process_count()
+  unlabeled = round(config.batch_size * max(config.input.unlabeled.fraction, 0.0))
+  if unlabeled % num_processes:
+    raise KdjaxError(f'input.unlabeled.fraction gives {unlabeled} unlabeled examples per global '
+                     f'batch, not divisible by the {num_processes} processes; change the fraction')
+  unlabeled = unlabeled * batch_size // config.batch_size
   return batch_size - unlabeled, unlabeled
 
 
 def steps_per_epoch(config, info: DatasetInfo) -> int:
   """Optimizer steps per epoch (of the train split; unlabeled sources cycle on their own)."""
   per_process = info.num_train // jax.process_count()
-  local_batch = batch_split(config, config.batch_size)[0] // jax.process_count()
+  local_batch = batch_split(config, config.batch_size // jax.process_count())[0]
   steps = per_process // max(local_batch, 1)
   if steps == 0 or local_batch == 0:
     raise KdjaxError(f'batch_size {config.batch_size} is larger than the train split '
@@ -125,9 +156,9 @@ def steps_per_epoch(config, info: DatasetInfo) -> int:
   return steps
 
 
-def _decoders(config):
-  ops = (config.input.train_augment, config.input.eval_preprocess)
-  if preprocess.needs_encoded_images(*ops):
+def _decoders(op_name):
+  """JPEG bytes for the fused decode-and-crop ops, decoded images for the others."""
+  if preprocess.needs_encoded_images(op_name):
     return {'image': tfds.decode.SkipDecoding()}
   return None
 
@@ -158,9 +189,6 @@ def train_batches(config, builder, *, start_step: int, local_batch_size: int,
   if not n_unlabeled:
     yield from labeled
     return
-  if inp.add_index:
-    raise KdjaxError('input.add_index (CRD) cannot be combined with input.unlabeled: the '
-                     'unlabeled source has no rows in the memory bank')
   if unlabeled_builder is None:
     unlabeled_builder = get_unlabeled_builder(config)
   split = inp.unlabeled.split
@@ -183,8 +211,6 @@ def _epochs(config, builder, split_name, *, start_step, batch, steps_per_epoch, 
                                crop_padding=inp.crop_padding)
   num_processes, index = jax.process_count(), jax.process_index()
   by_example = inp.shard_by == 'example' and num_processes > 1
-  if inp.shard_by not in ('example', 'file'):
-    raise KdjaxError(f"input.shard_by must be 'example' or 'file', got '{inp.shard_by}'")
   # 'example': every process reads the same globally shuffled stream and keeps its own rows of
   # each global batch (before decoding), so batches do not depend on the process count.
   # 'file': every process reads its own files only; faster on large pods, but the batches then
@@ -219,7 +245,7 @@ def _epochs(config, builder, split_name, *, start_step, batch, steps_per_epoch, 
     read_config = tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16,
                                   skip_prefetch=True, add_tfds_id=add_index)
     ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config,
-                            decoders=_decoders(config))
+                            decoders=_decoders(inp.train_augment))
     ds = ds.shuffle(inp.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
     ds = ds.enumerate().skip(skip_batches * global_batch)  # position within the epoch
     if by_example:
@@ -263,7 +289,8 @@ def eval_batches(config, builder, *, local_batch_size: int) -> Iterator[dict]:
   total = builder.info.splits[inp.eval_split].num_examples
   num_batches = math.ceil(math.ceil(total / jax.process_count()) / local_batch_size)
   split = tfds.split_for_jax_process(inp.eval_split, drop_remainder=False)
-  ds = builder.as_dataset(split=split, shuffle_files=False, decoders=_decoders(config))
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          decoders=_decoders(inp.eval_preprocess))
   ds = ds.map(lambda ex: {'image': preprocess.normalize(op(ex['image']), inp.mean, inp.std),
                           'label': tf.cast(ex['label'], tf.int32),
                           'mask': tf.constant(1.0, tf.float32)},
