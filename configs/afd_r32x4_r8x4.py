@@ -16,9 +16,7 @@ from kdjax import recipes
 
 
 def get_config(arg=None):
-  c = recipes.cifar100_mdistiller(arg)
-  c.student.model = 'resnet8x4'
-  c.teacher.model = 'resnet32x4'
+  c = recipes.cifar100_mdistiller(arg, student='resnet8x4', teacher='resnet32x4')
   c.losses.ce = dict(weight=1.0)
   c.losses.kd = dict(weight=0.9, temperature=4.0)
   c.losses.afd = dict(weight=200.0, qk_dim=128,

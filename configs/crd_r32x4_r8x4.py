@@ -17,9 +17,7 @@ from kdjax import recipes
 
 
 def get_config(arg=None):
-  c = recipes.cifar100_mdistiller(arg)
-  c.student.model = 'resnet8x4'
-  c.teacher.model = 'resnet32x4'
+  c = recipes.cifar100_mdistiller(arg, student='resnet8x4', teacher='resnet32x4')
   c.input.add_index = True
   c.losses.ce = dict(weight=1.0)
   c.losses.crd = dict(weight=0.8, dim=128, num_negatives=64 if c.smoke else 16384,

@@ -14,9 +14,7 @@ from kdjax import recipes
 
 
 def get_config(arg=None):
-  c = recipes.cifar100_mdistiller(arg)
-  c.student.model = 'resnet8x4'
-  c.teacher.model = 'resnet32x4'
+  c = recipes.cifar100_mdistiller(arg, student='resnet8x4', teacher='resnet32x4')
   c.losses.ce = dict(weight=1.0)
   c.losses.dkd = dict(weight=1.0, warmup_epochs=20, alpha=1.0, beta=8.0, temperature=4.0)
   return config_base.lock_config(c)

@@ -15,12 +15,5 @@ from kdjax import recipes
 
 
 def get_config(arg=None):
-  c, _ = recipes.imagenet(arg)
-  c.teacher.model = ''
-  c.peer.model = 'resnet18'
-  c.optimizer.update(learning_rate=0.4, lr_base_batch_size=1024, schedule='cosine',
-                     warmup_epochs=5)
-  c.losses.ce = dict(weight=1.0)
-  c.losses.ce_peer = dict(method='ce', weight=1.0, network='peer')
-  c.losses.dml = dict(weight=1.0)
+  c, _ = recipes.imagenet_peers(arg)
   return config_base.lock_config(c)

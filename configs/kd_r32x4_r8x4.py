@@ -15,9 +15,7 @@ from kdjax import recipes
 
 
 def get_config(arg=None):
-  c = recipes.cifar100_mdistiller(arg)
-  c.student.model = 'resnet8x4'
-  c.teacher.model = 'resnet32x4'
+  c = recipes.cifar100_mdistiller(arg, student='resnet8x4', teacher='resnet32x4')
   c.losses.ce = dict(weight=0.1)
   c.losses.kd = dict(weight=0.9, temperature=4.0)
   return config_base.lock_config(c)

@@ -15,9 +15,7 @@ from kdjax import recipes
 
 
 def get_config(arg=None):
-  c = recipes.cifar100_mdistiller(arg)
-  c.student.model = 'resnet8x4'
-  c.teacher.model = 'resnet32x4'
+  c = recipes.cifar100_mdistiller(arg, student='resnet8x4', teacher='resnet32x4')
   c.losses.ce = dict(weight=1.0)
   c.losses.reviewkd = dict(weight=5.0, warmup_epochs=20,
                            student_taps=('layer1', 'layer2', 'layer3', 'pooled'),

@@ -11,7 +11,6 @@ from kdjax import recipes
 
 
 def get_config(arg=None):
-  c = recipes.cifar100_mdistiller(arg)
-  c.student.model = 'resnet32x4'
+  c = recipes.cifar100_mdistiller(arg, student='resnet32x4')
   c.losses.ce = dict(weight=1.0)
   return config_base.lock_config(c)

@@ -15,11 +15,13 @@ CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 DIGITS_TEACHER = os.path.join(os.path.dirname(kdjax.__file__), 'assets', 'digits_teacher')
 
 
-def cifar100_mdistiller(arg):
+def cifar100_mdistiller(arg, *, student, teacher=''):
   """mdistiller's CIFAR-100 recipe: SGD 0.05 momentum 0.9, batch 64, 240 epochs, decay x0.1 at
   150/180/210, weight decay 5e-4, random crop (pad 4) + flip. `smoke`: 8 steps of batch 8."""
   arg = config_base.parse_arg(arg)
   c = config_base.base_config()
+  c.student.model = student
+  c.teacher.model = teacher
   c.dataset = 'cifar100'
   c.input.update(train_split='train', eval_split='test', image_size=32,
                  train_augment='crop_flip', mean=CIFAR100_MEAN, std=CIFAR100_STD,
@@ -97,4 +99,18 @@ def imagenet(arg, *, allowed=('smoke',)):
     c.log_every_steps = 2
     c.checkpoint_every_steps = 2
     c.input.update(image_size=64, eval_resize_size=73, shuffle_buffer=64)
+  return c, arg
+
+
+def imagenet_peers(arg):
+  """Two trainable ResNet-18 peers and no teacher, PaddleClas' DML schedule (cosine lr 0.4 at
+  batch 1024 with 5 warm-up epochs): CE on each peer plus the DML term."""
+  c, arg = imagenet(arg)
+  c.teacher.model = ''
+  c.peer.model = 'resnet18'
+  c.optimizer.update(learning_rate=0.4, lr_base_batch_size=1024, schedule='cosine',
+                     warmup_epochs=5)
+  c.losses.ce = dict(weight=1.0)
+  c.losses.ce_peer = dict(method='ce', weight=1.0, network='peer')
+  c.losses.dml = dict(weight=1.0)
   return c, arg
