@@ -331,7 +331,7 @@ def cifar_dir(tmp_path_factory):
 
 
 def cifar_config(data_dir):
-  config = recipes.cifar100_mdistiller('smoke')
+  config = recipes.cifar100_mdistiller('smoke', student='resnet8x4')
   config.data_dir = data_dir
   assert config.input.train_augment == 'crop_flip'
   return config
