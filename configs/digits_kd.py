@@ -7,8 +7,9 @@ The student (mlp32) keeps only 100 of the 1,200 training labels (ids < 100, abou
 class); CE reads those, KD(T=4) reads the shipped digits_cnn teacher on every training image.
 `:baseline` is the same student and data without the teacher (CE on the 100 labels only).
 Hardware: a laptop CPU, well under a minute per run.
-Expected held-out top-1: about 97% distilled vs about 91% baseline (DESIGN.md §7, MLP-32, 3 seeds);
-`python -m kdjax.quickstart` measures both over seeds and prints the table.
+Expected held-out top-1: 92.2 ± 0.4% distilled vs 82.0 ± 0.6% baseline (seeds 0-2, measured
+with `python -m kdjax.quickstart`, which runs both and prints the table; DESIGN.md §7 reports
+96.9% vs 90.8% for its own MLP-32 setup).
 """
 
 from kdjax import config_base
