@@ -23,7 +23,7 @@ def _random_example(features, rng, index):
     elif isinstance(feature, tfds.features.Tensor):
       example[key] = np.asarray(index, dtype=feature.np_dtype)
     else:
-      raise NotImplementedError(f'fake data for feature {key}: {type(feature).__name__}')
+      raise ValueError(f'fake_tfds has no fake data for feature {key}: {type(feature).__name__}')
   return example
 
 
