@@ -5,7 +5,7 @@ from typing import Sequence
 import flax.linen as nn
 
 from kdjax.connectors.layers import batch_norm
-from kdjax.models.resnet import conv_kernel_init
+from kdjax.layers import conv_kernel_init
 
 
 class OFDConnectors(nn.Module):

@@ -17,15 +17,13 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from kdjax.models.resnet import (
-    BasicBlock,
-    Stage,
-    batch_norm,
-    classifier,
-    conv,
-    resnet_bn_before_relu,
-    resnet_tap_aliases,
-)
+from kdjax.layers import batch_norm
+from kdjax.layers import classifier
+from kdjax.layers import conv
+from kdjax.models.resnet import BasicBlock
+from kdjax.models.resnet import Stage
+from kdjax.models.resnet import resnet_bn_before_relu
+from kdjax.models.resnet import resnet_tap_aliases
 
 
 class CifarResNet(nn.Module):

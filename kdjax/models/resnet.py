@@ -11,68 +11,18 @@ captured, plus three sown values: ``stem`` (relu(bn1(conv1(x))), before the max
 pool), each block's ``preact`` (the value before its final ReLU) and ``pooled``
 (global average pool, ``[B, C]``). ``tap_aliases()`` maps friendly names to paths.
 
-The block, stage and init helpers here are shared with ``cifar_resnet`` and ``small``.
+The block and stage here are shared with ``cifar_resnet``; layers and initialisers live in
+``kdjax.layers``.
 """
 
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
-# kaiming_normal_(mode='fan_out', nonlinearity='relu'), untruncated (§1.9).
-conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-# PyTorch nn.Linear default weight: U(+-1/sqrt(fan_in)) (§1.9).
-linear_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
-
-
-def torch_bias_init(fan_in):
-  """PyTorch's default nn.Linear / nn.Conv2d bias init, U(+-1/sqrt(fan_in))."""
-  bound = 1.0 / float(fan_in) ** 0.5
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
-
-
-def conv(features, kernel, strides, padding, name, dtype):
-  """A bias-free conv with PyTorch's explicit symmetric padding and kaiming fan_out init."""
-  return nn.Conv(
-      features,
-      (kernel, kernel),
-      strides=(strides, strides),
-      padding=((padding, padding), (padding, padding)),
-      use_bias=False,
-      kernel_init=conv_kernel_init,
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      name=name,
-  )
-
-
-def batch_norm(train, name, dtype):
-  """BatchNorm with PyTorch's defaults: momentum 0.1 (Flax 0.9), eps 1e-5, scale 1, bias 0."""
-  return nn.BatchNorm(
-      use_running_average=not train,
-      momentum=0.9,
-      epsilon=1e-5,
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      name=name,
-  )
-
-
-def classifier(x, num_classes, dtype, name='fc'):
-  """The final nn.Linear, with PyTorch's default weight and bias init."""
-  return nn.Dense(
-      num_classes,
-      kernel_init=linear_kernel_init,
-      bias_init=torch_bias_init(x.shape[-1]),
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      name=name,
-  )(x)
+from kdjax.layers import batch_norm
+from kdjax.layers import classifier
+from kdjax.layers import conv
 
 
 class BasicBlock(nn.Module):

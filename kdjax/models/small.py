@@ -12,14 +12,12 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from kdjax.models.resnet import (
-    batch_norm,
-    classifier,
-    conv,
-    conv_kernel_init,
-    linear_kernel_init,
-    torch_bias_init,
-)
+from kdjax.layers import batch_norm
+from kdjax.layers import classifier
+from kdjax.layers import conv
+from kdjax.layers import conv_kernel_init
+from kdjax.layers import linear_kernel_init
+from kdjax.layers import torch_bias_init
 
 _SMALL_ALIASES = {'pooled': 'pooled', 'logits': 'fc'}
 
