@@ -60,10 +60,10 @@ def benchmark(config, steps=20) -> dict:
   # The input pipeline alone, first, on a fresh iterator: 2 warm-up batches, then enough
   # batches that the prefetch buffer cannot hide the work.
   def pipeline():
-    return input_pipeline.train_batches(config, setup.builder, start_step=0,
+    return input_pipeline.train_batches(config, setup.data.builder, start_step=0,
                                         local_batch_size=local_batch,
-                                        steps_per_epoch=setup.steps_per_epoch,
-                                        unlabeled_builder=setup.unlabeled_builder)
+                                        steps_per_epoch=setup.data.steps_per_epoch,
+                                        unlabeled_builder=setup.data.unlabeled_builder)
   batches = pipeline()
   for _ in range(2):
     next(batches)
@@ -78,24 +78,26 @@ def benchmark(config, steps=20) -> dict:
   def step_time(s):
     step = train.compile_train_step(s, mesh)
     state = [train.create_state(s, mesh, config.seed)]
-    teacher = (jax.device_put(s.teacher_variables, train.replicated(mesh))
-               if s.teacher is not None else None)
+    teacher = (jax.device_put(s.networks.teacher_variables, train.replicated(mesh))
+               if s.networks.teacher is not None else None)
 
     def one():
       state[0], metrics = step(state[0], teacher, batch)
       return metrics['loss']
     return _time(one, steps)
 
-  ce_only = methods.build_terms({'ce': {'weight': 1.0}})
-  student_setup = dataclasses.replace(setup, terms=ce_only, teacher=None, teacher_variables=None,
-                                      models={'student': setup.student}, taps={'student': []},
-                                      connectors={})
+  # The same student alone: cross-entropy, no teacher, no taps, no connectors.
+  nets = setup.networks
+  student_setup = dataclasses.replace(
+      setup, objective=train.Objective(terms=methods.build_terms({'ce': {'weight': 1.0}}),
+                                       connectors={}),
+      networks=dataclasses.replace(nets, trainable={'student': nets.student}, teacher=None,
+                                   teacher_variables=None, taps={'student': []}))
   t_student = step_time(student_setup)
   results['student_step'] = config.batch_size / t_student
-  if setup.teacher is not None:
-    forward = jax.jit(lambda v, x: train.teacher_forward(setup.teacher, v, x,
-                                                                setup.taps['teacher']))
-    teacher = jax.device_put(setup.teacher_variables, train.replicated(mesh))
+  if nets.teacher is not None:
+    forward = jax.jit(lambda v, x: train.teacher_forward(nets.teacher, v, x, nets.taps['teacher']))
+    teacher = jax.device_put(nets.teacher_variables, train.replicated(mesh))
     t_teacher = _time(lambda: forward(teacher, batch['image']), steps)
     t_full = step_time(setup)
     results['teacher_forward'] = config.batch_size / t_teacher

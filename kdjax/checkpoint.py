@@ -78,9 +78,9 @@ class Manager:
         'config': json.loads(self._config.to_json_best_effort()),
         'export': self._config.export,
         'student_model': self._config[self._config.export].model,  # the exported network
-        'num_classes': setup.info.num_classes,
-        'image_shape': list(setup.info.image_shape),
-        'teacher': setup.teacher_source,
+        'num_classes': setup.data.info.num_classes,
+        'image_shape': list(setup.data.info.image_shape),
+        'teacher': setup.networks.teacher_source,
         'packages': package_versions(),
     }
     self._manager.save(step, args=ocp.args.Composite(

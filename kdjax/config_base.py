@@ -1,4 +1,4 @@
-"""The keys every recipe has (DESIGN.md §3.2), with defaults; recipes override values only.
+"""The keys every recipe has, with defaults (docs/design.md#config-keys); recipes set values only.
 
 A recipe's `get_config(arg)` starts from `base_config()`, sets its values, declares its loss
 terms and returns `config` locked (`lock_config`), so a misspelt override fails instead of being
@@ -86,7 +86,7 @@ def lock_config(c):
     method = methods.METHODS.get(term.get('method') or name)
     if method is None:
       continue  # train.build reports the unknown method with the list of valid ones.
-    defaults = dict(method.defaults, warmup_epochs=0.0, weight_schedule=(),
+    defaults = dict(method.config_defaults(), warmup_epochs=0.0, weight_schedule=(),
                     method=method.name)
     for key, value in defaults.items():
       if key not in term:

@@ -64,7 +64,7 @@ def global_batch(local_batch: dict, mesh) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-# 2. Models and variables
+# 2. Set-up: config and data, networks and their variables, terms and connectors
 # --------------------------------------------------------------------------------------------
 
 
@@ -72,34 +72,67 @@ def global_batch(local_batch: dict, mesh) -> dict:
 class TrainState:
   """Everything that is trained and checkpointed. The teacher is not in here."""
   step: jax.Array
-  params: Any        # {'student': ...}; with a peer (DML) also {'peer': ...}
-  batch_stats: Any   # the same keys
+  params: Any        # {'student': ...}; with a peer (DML) also {'peer': ...}; {'connectors': ...}
+  batch_stats: Any   # the same keys; a connector's entry holds all its non-param collections
   opt_state: Any
+
+
+@dataclasses.dataclass
+class Data:
+  """The validated input: TFDS builders, the dataset's facts and the run's length in steps."""
+  info: input_pipeline.DatasetInfo
+  builder: Any
+  unlabeled_builder: Any     # the source of input.unlabeled, or None
+  steps_per_epoch: int
+  total_steps: int
+
+
+@dataclasses.dataclass
+class Networks:
+  """The networks the objective reads, their taps and the teacher's (frozen) variables."""
+  trainable: dict            # {'student': model[, 'peer': model]}
+  teacher: Any               # None when no term reads a teacher
+  teacher_variables: Any     # host arrays, or None
+  teacher_source: dict       # where the teacher came from (checkpoint metadata)
+  taps: dict                 # network name -> tap names the terms read (logits excluded)
+  tap_shapes: dict           # network name -> {tap: ShapeDtypeStruct} for a batch of 1
+
+  @property
+  def student(self):
+    return self.trainable['student']
+
+
+@dataclasses.dataclass
+class Objective:
+  """The loss terms and the trainable connectors of the methods that have one."""
+  terms: list
+  connectors: dict           # term name -> its connector module (kdjax/methods/<method>.py)
+
+  def term(self, name):
+    return next(t for t in self.terms if t.name == name)
 
 
 @dataclasses.dataclass
 class Setup:
   """Everything built and validated from a config before anything is written."""
   config: Any
-  info: input_pipeline.DatasetInfo
-  builder: Any
-  unlabeled_builder: Any     # the source of input.unlabeled, or None
-  steps_per_epoch: int
-  total_steps: int
-  terms: list
-  models: dict               # trainable networks: {'student': model[, 'peer': model]}
-  teacher: Any               # None when no term reads a teacher
-  teacher_variables: Any     # host arrays, or None
-  teacher_source: dict
-  taps: dict                 # network name -> tap names the terms read (logits excluded)
-  connectors: dict           # term name -> its trainable connector module (kdjax/connectors)
-  tap_shapes: dict           # network name -> {tap: ShapeDtypeStruct} for a batch of 1
+  data: Data
+  networks: Networks
+  objective: Objective
   tx: Any
   schedule: Any
 
-  @property
-  def student(self):
-    return self.models['student']
+
+# Random streams. Each is derived from config.seed with its own fold_in tag, so no two draw the
+# same key: network i (in name order) initialises from fold_in(key(seed), i), the connectors
+# from the 'connectors' stream, and randomness inside the step (MGD's masks, CRD's negatives)
+# from the 'step' stream folded with the step number: a pure function of (seed, step).
+_STREAM_TAGS = {'connectors': 1 << 20, 'step': 1 << 21}
+
+
+def rng_stream(seed, name):
+  """The root key of the named random stream of a run with `seed`."""
+  return jax.random.fold_in(jax.random.key(seed), _STREAM_TAGS[name])
 
 
 def _dtype(name, key):
@@ -128,6 +161,19 @@ def _check_config(config):
                      f"'{config.export}'")
 
 
+def build_data(config) -> Data:
+  """The datasets, checked against the input options; the run's length in steps."""
+  builder = input_pipeline.get_builder(config)
+  unlabeled_builder = input_pipeline.get_unlabeled_builder(config)
+  input_pipeline.check_options(config, builder, unlabeled_builder)
+  info = input_pipeline.dataset_info(config, builder)
+  spe = input_pipeline.steps_per_epoch(config, info)
+  total = (config.num_train_steps if config.num_train_steps > 0
+           else math.ceil(config.num_epochs * spe))
+  return Data(info=info, builder=builder, unlabeled_builder=unlabeled_builder,
+              steps_per_epoch=spe, total_steps=total)
+
+
 def _network(config, name, info, input_shape, tap_names):
   """Builds network `name` from config.<name>.model and checks that its taps exist."""
   if not config[name].model:
@@ -140,60 +186,57 @@ def _network(config, name, info, input_shape, tap_names):
   return model
 
 
+def build_networks(config, data: Data, terms) -> Networks:
+  """The student (and peer), the teacher with its loaded variables, and the tapped shapes."""
+  input_shape = (1,) + data.info.image_shape
+  used = methods.networks(terms)
+  tap_names = {name: methods.taps(terms, name) for name in methods.NETWORKS}
+  trainable = {'student': _network(config, 'student', data.info, input_shape,
+                                   tap_names['student'])}
+  if 'peer' in used or config.peer.model:
+    trainable['peer'] = _network(config, 'peer', data.info, input_shape, tap_names['peer'])
+  if config.export not in trainable:
+    raise KdjaxError(f"export='{config.export}' but the recipe trains no {config.export}")
+  teacher = teacher_variables = None
+  source = {}
+  if 'teacher' in used:
+    teacher = _network(config, 'teacher', data.info, input_shape, tap_names['teacher'])
+    teacher_variables, source = checkpoint.load_teacher(
+        config.teacher.checkpoint, teacher, input_shape, allow_random=config.smoke,
+        seed=config.seed)
+  networks = {**trainable, 'teacher': teacher} if teacher is not None else trainable
+  return Networks(
+      trainable=trainable, teacher=teacher, teacher_variables=teacher_variables,
+      teacher_source=source, taps={k: tap_names[k] for k in networks},
+      tap_shapes={k: tap_shapes(m, tap_names[k], input_shape) for k, m in networks.items()})
+
+
+def build_objective(config, data: Data, networks: Networks, terms) -> Objective:
+  """The terms with their one-off constants, and the connectors built from the tapped shapes."""
+  index_space = None
+  if config.input.add_index:
+    index_space = lambda: input_pipeline.index_space(data.builder, config.input.train_split)
+  ctx = methods.BuildContext(teacher=networks.teacher,
+                             teacher_variables=networks.teacher_variables,
+                             index_space=index_space)
+  terms = methods.with_constants(terms, ctx)
+  connectors = {t.name: t.build_connector(ctx, networks.tap_shapes)
+                for t in terms if t.method.connector}
+  return Objective(terms=terms, connectors=connectors)
+
+
 def build(config) -> Setup:
   """Validates the config against data, models, taps and the teacher. Writes nothing."""
   _check_config(config)
   terms = methods.build_terms(config.losses, batch_size=config.batch_size)
-  builder = input_pipeline.get_builder(config)
-  unlabeled_builder = input_pipeline.get_unlabeled_builder(config)
-  input_pipeline.check_options(config, builder, unlabeled_builder)
-  info = input_pipeline.dataset_info(config, builder)
-  spe = input_pipeline.steps_per_epoch(config, info)
-  total = (config.num_train_steps if config.num_train_steps > 0
-           else math.ceil(config.num_epochs * spe))
-  input_shape = (1,) + info.image_shape
-  used = methods.networks(terms)
-  tap_names = {name: methods.taps(terms, name) for name in methods.NETWORKS}
-  trainable = {'student': _network(config, 'student', info, input_shape, tap_names['student'])}
-  if 'peer' in used or config.peer.model:
-    trainable['peer'] = _network(config, 'peer', info, input_shape, tap_names['peer'])
-  if config.export not in trainable:
-    raise KdjaxError(f"export='{config.export}' but the recipe trains no {config.export}")
-
-  teacher = teacher_variables = None
-  source = {}
-  if 'teacher' in used:
-    teacher = _network(config, 'teacher', info, input_shape, tap_names['teacher'])
-    teacher_variables, source = checkpoint.load_teacher(
-        config.teacher.checkpoint, teacher, input_shape, allow_random=config.smoke,
-        seed=config.seed)
-  terms = [_with_dataset_size(t, config, builder) for t in terms]
-  shapes = {name: tap_shapes(model, tap_names[name], input_shape)
-            for name, model in [*trainable.items(), ('teacher', teacher)] if model is not None}
-  connectors = {t.name: t.method.connector(t.hparams, shapes['student'], shapes.get('teacher'))
-                for t in terms if t.method.connector}
-  terms = [dataclasses.replace(t, constants=t.method.constants(t.hparams, teacher,
-                                                                teacher_variables))
-           if t.method.constants else t for t in terms]
+  data = build_data(config)
+  networks = build_networks(config, data, terms)
+  objective = build_objective(config, data, networks, terms)
   tx, schedule = make_optimizer(config.optimizer, batch_size=config.batch_size,
-                                steps_per_epoch=spe, total_steps=total)
-  return Setup(config=config, info=info, builder=builder,
-               unlabeled_builder=unlabeled_builder, steps_per_epoch=spe,
-               total_steps=total, terms=terms, models=trainable, teacher=teacher,
-               teacher_variables=teacher_variables, teacher_source=source,
-               taps={k: v for k, v in tap_names.items() if k in trainable or k == 'teacher'},
-               connectors=connectors, tap_shapes=shapes, tx=tx, schedule=schedule)
-
-
-def _with_dataset_size(term, config, builder):
-  """Methods with one memory row per training example (CRD) get `num_data` from the dataset."""
-  if 'num_data' not in term.hparams:
-    return term
-  if not config.input.add_index:
-    raise KdjaxError(f'losses.{term.name} ({term.method.name}) needs each example\'s index: set '
-                     '--config.input.add_index=True')
-  size = input_pipeline.index_space(builder, config.input.train_split)
-  return dataclasses.replace(term, hparams={**term.hparams, 'num_data': size})
+                                steps_per_epoch=data.steps_per_epoch,
+                                total_steps=data.total_steps)
+  return Setup(config=config, data=data, networks=networks, objective=objective, tx=tx,
+               schedule=schedule)
 
 
 def tap_shapes(model, tap_names, input_shape):
@@ -205,21 +248,23 @@ def tap_shapes(model, tap_names, input_shape):
   return jax.eval_shape(run, jnp.zeros(input_shape, jnp.float32))
 
 
-def init_state(setup: Setup, rng) -> TrainState:
-  """Random variables for every trainable network and a fresh optimizer state."""
-  x = jnp.zeros((1,) + setup.info.image_shape, jnp.float32)
+def init_state(setup: Setup, seed) -> TrainState:
+  """Random variables for every trainable network and connector; a fresh optimizer state."""
+  x = jnp.zeros((1,) + setup.data.info.image_shape, jnp.float32)
   params, batch_stats = {}, {}
-  for i, (name, model) in enumerate(sorted(setup.models.items())):
-    variables = model.init(jax.random.fold_in(rng, i), x, train=False)
+  for i, (name, model) in enumerate(sorted(setup.networks.trainable.items())):
+    variables = model.init(jax.random.fold_in(jax.random.key(seed), i), x, train=False)
     params[name] = variables['params']
     batch_stats[name] = variables.get('batch_stats', {})
-  if setup.connectors:  # Trained with the networks, saved in checkpoints, never exported.
+  if setup.objective.connectors:  # Trained with the networks, saved, never exported.
     zeros = lambda shapes: jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), shapes)
+    shapes = setup.networks.tap_shapes
     params['connectors'], batch_stats['connectors'] = {}, {}
-    for i, (name, module) in enumerate(sorted(setup.connectors.items())):
-      variables = module.init(jax.random.fold_in(rng, 1000 + i),
-                              zeros(setup.tap_shapes['student']),
-                              zeros(setup.tap_shapes.get('teacher', {})), train=False)
+    for i, (name, module) in enumerate(sorted(setup.objective.connectors.items())):
+      term = setup.objective.term(name)
+      variables = module.init(jax.random.fold_in(rng_stream(seed, 'connectors'), i),
+                              zeros(term.select(shapes, 'student')),
+                              zeros(term.select(shapes, 'teacher')), train=False)
       params['connectors'][name] = variables.pop('params')
       batch_stats['connectors'][name] = variables  # batch_stats, and e.g. CRD's crd_memory
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
@@ -281,43 +326,58 @@ def teacher_forward(teacher, teacher_variables, images, tap_names):
   return jax.tree.map(lambda a: jax.lax.stop_gradient(a.astype(jnp.float32)), out)
 
 
+def trainable_forward(networks: Networks, params, batch_stats, images):
+  """Every trainable network in training mode: ({name: {tap: float32}}, new batch_stats)."""
+  outputs, new_stats = {}, {}
+  for name, model in networks.trainable.items():
+    variables = {'params': params[name], 'batch_stats': batch_stats[name]}
+    logits, feats, new = taps_lib.apply(model, variables, images, taps=networks.taps[name],
+                                        train=True, mutable=('batch_stats',))
+    outputs[name] = jax.tree.map(lambda a: a.astype(jnp.float32), {'logits': logits, **feats})
+    new_stats[name] = new.get('batch_stats', {})
+  return outputs, new_stats
+
+
+def connectors_forward(objective: Objective, params, batch_stats, outputs, batch, rng):
+  """Every connector in training mode: ({term: output}, {term: new collections})."""
+  connected, new_stats = {}, {}
+  for name, module in objective.connectors.items():
+    term = objective.term(name)
+    collections = batch_stats[name]
+    connected[name], new = module.apply(
+        {'params': params[name], **collections}, term.select(outputs, 'student'),
+        term.select(outputs, 'teacher'), train=True, batch=batch, mutable=list(collections),
+        rngs={'distill': rng})
+    new_stats[name] = {**collections, **new}
+  return connected, new_stats
+
+
 def make_train_step(setup: Setup):
   """Returns step(state, teacher_variables, batch) -> (state, metrics), pure and jittable."""
-  terms, teacher = setup.terms, setup.teacher
-  spe = setup.steps_per_epoch
+  networks, objective = setup.networks, setup.objective
+  spe, seed = setup.data.steps_per_epoch, setup.config.seed
 
   def step(state, teacher_variables, batch):
-    images = batch['image']
-    out = {}
-    if teacher is not None:
-      out['teacher'] = teacher_forward(teacher, teacher_variables, images, setup.taps['teacher'])
-    epoch = state.step // spe + 1  # 1-based, constant within an epoch (ALGORITHMS.md §1.4)
-    # Randomness inside the step (MGD's masks, CRD's negatives) depends on (seed, step) only.
-    step_rng = jax.random.fold_in(jax.random.key(setup.config.seed), state.step)
+    images, labels = batch['image'], batch['label']
+    side = {k: v for k, v in batch.items() if k != 'image'}  # e.g. CRD's example index
+    teacher = {}
+    if networks.teacher is not None:
+      teacher = {'teacher': teacher_forward(networks.teacher, teacher_variables, images,
+                                            networks.taps['teacher'])}
+    epoch = state.step // spe + 1  # 1-based, constant within an epoch (warm-ups)
+    step_rng = jax.random.fold_in(rng_stream(seed, 'step'), state.step)
 
     def loss_fn(params):
-      new_stats = {}
-      for name, model in setup.models.items():
-        variables = {'params': params[name], 'batch_stats': state.batch_stats[name]}
-        logits, feats, new = taps_lib.apply(model, variables, images, taps=setup.taps[name],
-                                            train=True, mutable=('batch_stats',))
-        out[name] = {'logits': logits.astype(jnp.float32),
-                     **{k: v.astype(jnp.float32) for k, v in feats.items()}}
-        new_stats[name] = new.get('batch_stats', {})
+      outputs, new_stats = trainable_forward(networks, params, state.batch_stats, images)
+      outputs = {**outputs, **teacher}
       connected = {}
-      if setup.connectors:
-        new_stats['connectors'] = {}
-        for name, module in setup.connectors.items():
-          model_state = state.batch_stats['connectors'][name]
-          variables = {'params': params['connectors'][name], **model_state}
-          connected[name], new = module.apply(
-              variables, out['student'], out.get('teacher', {}), train=True,
-              batch={k: v for k, v in batch.items() if k != 'image'},
-              mutable=list(model_state), rngs={'distill': step_rng})
-          new_stats['connectors'][name] = {**model_state, **new}
-      values = {t.name: t({**out, 'connector': connected[t.name]} if t.name in connected else out,
-                          batch) for t in terms}
-      total = sum(t.weight_at(epoch) * t.factor(epoch) * values[t.name] for t in terms)
+      if objective.connectors:
+        connected, new_stats['connectors'] = connectors_forward(
+            objective, params['connectors'], state.batch_stats['connectors'], outputs, side,
+            step_rng)
+      values = {t.name: t(outputs, labels, connected.get(t.name)) for t in objective.terms}
+      total = sum(t.weight_at(epoch) * t.factor(epoch) * values[t.name]
+                  for t in objective.terms)
       return total, (values, new_stats)
 
     (total, (values, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -341,8 +401,7 @@ def compile_train_step(setup: Setup, mesh):
 
 def create_state(setup: Setup, mesh, seed):
   """A fresh TrainState, replicated over `mesh`."""
-  init = jax.jit(functools.partial(init_state, setup), out_shardings=replicated(mesh))
-  return init(jax.random.key(seed))
+  return jax.jit(functools.partial(init_state, setup, seed), out_shardings=replicated(mesh))()
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,21 +470,21 @@ def train_and_evaluate(config, workdir: str, setup: Setup | None = None, mesh=No
   state = create_state(setup, mesh, config.seed)
   manager = checkpoint.Manager(workdir, config)
   state, start_step = manager.restore_or(state)
-  teacher_variables = (jax.device_put(setup.teacher_variables, rep)
-                       if setup.teacher_variables is not None else None)
+  teacher_variables = (jax.device_put(setup.networks.teacher_variables, rep)
+                       if setup.networks.teacher_variables is not None else None)
   if start_step:
     logging.info('Resumed from the checkpoint at step %d in %s.', start_step, workdir)
 
   writer = metrics_lib.Writer(workdir, resume_step=start_step)
   train_step = compile_train_step(setup, mesh)
-  eval_steps = {name: jax.jit(make_eval_step(model, setup.teacher), out_shardings=rep)
-                for name, model in setup.models.items()}
+  eval_steps = {name: jax.jit(make_eval_step(model, setup.networks.teacher), out_shardings=rep)
+                for name, model in setup.networks.trainable.items()}
 
   def run_eval(step, model_name, write=True):
     """Evaluates one network on the whole eval split and writes the eval line."""
-    batches = input_pipeline.eval_batches(config, setup.builder, local_batch_size=eval_local_batch)
+    batches = input_pipeline.eval_batches(config, setup.data.builder, local_batch_size=eval_local_batch)
     if model_name == 'teacher':
-      result = evaluate(jax.jit(make_eval_step(setup.teacher), out_shardings=rep),
+      result = evaluate(jax.jit(make_eval_step(setup.networks.teacher), out_shardings=rep),
                         teacher_variables, None, batches, mesh)
     else:
       result = evaluate(eval_steps[model_name], network_variables(state, model_name),
@@ -436,7 +495,7 @@ def train_and_evaluate(config, workdir: str, setup: Setup | None = None, mesh=No
 
   def run_evals(step, write=True):
     """Evaluates every trainable network; returns the exported network's result."""
-    results = {name: run_eval(step, name, write) for name in setup.models}
+    results = {name: run_eval(step, name, write) for name in setup.networks.trainable}
     return results[config.export]
 
   def finish(result):
@@ -444,38 +503,38 @@ def train_and_evaluate(config, workdir: str, setup: Setup | None = None, mesh=No
     writer.close()
     return result
 
-  if setup.teacher is not None and start_step == 0:
+  if setup.networks.teacher is not None and start_step == 0:
     run_eval(0, 'teacher')
-  if start_step >= setup.total_steps:
+  if start_step >= setup.data.total_steps:
     logging.info('The run in %s is already complete (step %d).', workdir, start_step)
     return finish(run_evals(start_step, write=False))  # Its eval lines are already written.
 
-  batches = input_pipeline.train_batches(config, setup.builder, start_step=start_step,
+  batches = input_pipeline.train_batches(config, setup.data.builder, start_step=start_step,
                                          local_batch_size=local_batch,
-                                         steps_per_epoch=setup.steps_per_epoch,
-                                         unlabeled_builder=setup.unlabeled_builder)
-  eval_every = (max(1, round(config.eval_every_epochs * setup.steps_per_epoch))
-                if config.eval_every_epochs > 0 else setup.total_steps)
-  progress = metrics_lib.Progress(setup.total_steps, start_step)
+                                         steps_per_epoch=setup.data.steps_per_epoch,
+                                         unlabeled_builder=setup.data.unlabeled_builder)
+  eval_every = (max(1, round(config.eval_every_epochs * setup.data.steps_per_epoch))
+                if config.eval_every_epochs > 0 else setup.data.total_steps)
+  progress = metrics_lib.Progress(setup.data.total_steps, start_step)
   pending, last_log = [], time.perf_counter()
   result = {}
   step = start_step
-  while step < setup.total_steps:
+  while step < setup.data.total_steps:
     state, step_metrics = train_step(state, teacher_variables,
                                      global_batch(next(batches), mesh))
     step += 1
     pending.append(step_metrics)
-    if step % config.log_every_steps == 0 or step == setup.total_steps:
+    if step % config.log_every_steps == 0 or step == setup.data.total_steps:
       means = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(pending))
       now = time.perf_counter()
       means['examples_per_sec'] = len(pending) * config.batch_size / (now - last_log)
       writer.write_train(step, means)
       progress.log(step, means)
       pending, last_log = [], now
-    if step % eval_every == 0 or step == setup.total_steps:
+    if step % eval_every == 0 or step == setup.data.total_steps:
       eval_start = time.perf_counter()
       result = run_evals(step)
       last_log += time.perf_counter() - eval_start  # Keep eval time out of examples/s.
-    if step % config.checkpoint_every_steps == 0 or step == setup.total_steps:
+    if step % config.checkpoint_every_steps == 0 or step == setup.data.total_steps:
       manager.save(step, state, setup)
   return finish(result)

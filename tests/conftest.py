@@ -54,3 +54,51 @@ def load_recipe(name, arg=''):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg), module.__doc__
+
+
+def cifar_pair_config(data_dir, losses, **overrides):
+  """The kd_r32x4_r8x4 smoke recipe on the mismatched pair resnet8x4 (teacher; 64/128/256
+  channels) -> resnet20 (student; 16/32/64), with the given loss terms."""
+  config, _ = load_recipe('kd_r32x4_r8x4', 'smoke')
+  with config.unlocked():
+    config.data_dir = data_dir
+    config.student.model = 'resnet20'
+    config.teacher.model = 'resnet8x4'
+    config.losses = losses
+    for key, value in overrides.items():
+      config[key] = value
+  return config
+
+
+class Run:
+  """The shared set-up of trainer tests: the built run, a fresh replicated state, the
+  replicated teacher, the train batches from step 0 and the compiled train step."""
+
+  def __init__(self, config, seed=0):
+    import jax  # pylint: disable=g-import-not-at-top
+    from kdjax import train  # pylint: disable=g-import-not-at-top
+    from kdjax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+    self.config = config
+    self.setup = train.build(config)
+    self.mesh = train.make_mesh()
+    self.state = train.create_state(self.setup, self.mesh, seed)
+    nets, data = self.setup.networks, self.setup.data
+    self.teacher = (jax.device_put(nets.teacher_variables, train.replicated(self.mesh))
+                    if nets.teacher is not None else None)
+    self.batches = input_pipeline.train_batches(
+        config, data.builder, start_step=0, local_batch_size=config.batch_size,
+        steps_per_epoch=data.steps_per_epoch, unlabeled_builder=data.unlabeled_builder)
+    self._step = None
+
+  def global_batch(self, local_batch):
+    from kdjax import train  # pylint: disable=g-import-not-at-top
+    return train.global_batch(local_batch, self.mesh)
+
+  def step(self, local_batch=None):
+    """One compiled train step on `local_batch` (default: the next batch); returns metrics."""
+    from kdjax import train  # pylint: disable=g-import-not-at-top
+    if self._step is None:
+      self._step = train.compile_train_step(self.setup, self.mesh)
+    local_batch = next(self.batches) if local_batch is None else local_batch
+    self.state, metrics = self._step(self.state, self.teacher, self.global_batch(local_batch))
+    return metrics

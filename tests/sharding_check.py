@@ -27,7 +27,7 @@ def run(devices, config, setup, batches):
   mesh = train.make_mesh(devices)
   state = train.create_state(setup, mesh, config.seed)
   step = train.compile_train_step(setup, mesh)
-  teacher = jax.device_put(setup.teacher_variables, train.replicated(mesh))
+  teacher = jax.device_put(setup.networks.teacher_variables, train.replicated(mesh))
   history = []
   for batch in batches:
     state, metrics = step(state, teacher, train.global_batch(batch, mesh))
@@ -51,9 +51,9 @@ def main(data_dir, mode=''):
       config.input.add_index = True
   setup = train.build(config)
   batches = list(itertools.islice(
-      input_pipeline.train_batches(config, setup.builder, start_step=0,
+      input_pipeline.train_batches(config, setup.data.builder, start_step=0,
                                    local_batch_size=config.batch_size,
-                                   steps_per_epoch=setup.steps_per_epoch), NUM_STEPS))
+                                   steps_per_epoch=setup.data.steps_per_epoch), NUM_STEPS))
   one, one_vars, _ = run(jax.devices()[:1], config, setup, batches)
   many, many_vars, replicas_agree = run(jax.devices(), config, setup, batches)
   # Relative beyond magnitude 1: CRD's normalisation constants are ~1e5.

@@ -1,4 +1,4 @@
-"""AFD (Show, Attend and Distill, ALGORITHMS.md §4.7): connector, method wiring and training.
+"""AFD (Show, Attend and Distill, docs/methods.md#afd): connector, method wiring and training.
 
 The trainer case uses the mismatched pair resnet8x4 (teacher; 32/64/128/256 channels, 3 blocks)
 -> resnet20 (student; 16/16/32/64, 9 blocks), tapping every block of each; no channel count is
@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 import conftest
-from kdjax import connectors
 from kdjax import methods
 from kdjax import models
 from kdjax import train
-from kdjax.data import input_pipeline
+from kdjax.methods import afd
 
 
 def _blocks(name, **kwargs):
@@ -31,38 +30,28 @@ def _moved(a, b):
 
 @pytest.mark.slow
 def test_afd_trains_a_step_on_a_mismatched_cifar_pair(cifar_data_dir):
-  config, _ = conftest.load_recipe('kd_r32x4_r8x4', 'smoke')
   s_taps, t_taps = _blocks('resnet20', num_classes=100), _blocks('resnet8x4', num_classes=100)
   assert len(s_taps) == 9 and len(t_taps) == 3
-  with config.unlocked():
-    config.data_dir = cifar_data_dir
-    config.student.model = 'resnet20'
-    config.teacher.model = 'resnet8x4'
-    config.losses = {'ce': dict(weight=1.0), 'kd': dict(weight=0.9, temperature=4.0),
-                     'afd': dict(weight=200.0, student_taps=s_taps, teacher_taps=t_taps)}
-  setup = train.build(config)
-  mesh = train.make_mesh()
-  state = train.create_state(setup, mesh, 0)
-  teacher_before = jax.tree.map(np.copy, setup.teacher_variables)
-  batch = next(input_pipeline.train_batches(config, setup.builder, start_step=0,
-                                            local_batch_size=config.batch_size,
-                                            steps_per_epoch=setup.steps_per_epoch))
-  before = jax.device_get(state.params)
-  stats_before = jax.device_get(state.batch_stats['connectors']['afd'])
+  run = conftest.Run(conftest.cifar_pair_config(cifar_data_dir, {
+      'ce': dict(weight=1.0), 'kd': dict(weight=0.9, temperature=4.0),
+      'afd': dict(weight=200.0, student_taps=s_taps, teacher_taps=t_taps)}))
+  setup = run.setup
+  teacher_before = jax.tree.map(np.copy, setup.networks.teacher_variables)
+  before = jax.device_get(run.state.params)
+  stats_before = jax.device_get(run.state.batch_stats['connectors']['afd'])
   connector = before['connectors']['afd']
   # Channels inferred from the taps: query per teacher block, key per student block.
   for j, tap in enumerate(t_taps):
     assert connector[f'query_layer{j}']['linear']['kernel'].shape == (
-        setup.tap_shapes['teacher'][tap].shape[-1], 128)
+        setup.networks.tap_shapes['teacher'][tap].shape[-1], 128)
   for i, tap in enumerate(s_taps):
     assert connector[f'key_layer{i}']['linear']['kernel'].shape == (
-        setup.tap_shapes['student'][tap].shape[-1], 128)
+        setup.networks.tap_shapes['student'][tap].shape[-1], 128)
   assert connector['bilinear']['linear']['kernel'].shape == (128, 128 * 3)
   assert connector['p_t'].shape == (3, 128) and connector['p_s'].shape == (9, 128)
 
-  teacher = jax.device_put(setup.teacher_variables, train.replicated(mesh))
-  state, metrics = train.compile_train_step(setup, mesh)(state, teacher,
-                                                          train.global_batch(batch, mesh))
+  metrics = run.step()
+  state = run.state
   after = jax.device_get(state.params)
   value = float(metrics['loss/afd'])
   assert np.isfinite(value) and value > 0, value
@@ -71,10 +60,11 @@ def test_afd_trains_a_step_on_a_mismatched_cifar_pair(cifar_data_dir):
     assert _moved(before['connectors']['afd'][name], after['connectors']['afd'][name]) > 0, name
   # BatchNorm1d ran in training mode: its running statistics moved.
   assert _moved(stats_before, jax.device_get(state.batch_stats['connectors']['afd'])) > 0
-  jax.tree.map(np.testing.assert_array_equal, teacher_before, setup.teacher_variables)
+  jax.tree.map(np.testing.assert_array_equal, teacher_before, setup.networks.teacher_variables)
 
 
 def test_afd_connector_shapes_for_r34_to_r18_at_224():
+  zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), tree)
   term = methods.build_terms({'afd': dict(weight=50.0)})[0]
   taps = term.reads
   assert taps['student'] == tuple(f'block{i}' for i in range(8))
@@ -84,14 +74,15 @@ def test_afd_connector_shapes_for_r34_to_r18_at_224():
                               shape)
   t_shapes = train.tap_shapes(models.get_model('resnet34', num_classes=1000), taps['teacher'],
                               shape)
-  module = term.method.connector(term.hparams, s_shapes, t_shapes)
+  shapes = {'student': s_shapes, 'teacher': t_shapes}
+  module = term.build_connector(methods.BuildContext(), shapes)
+  s_zeros = zeros(term.select(shapes, 'student'))
+  t_zeros = zeros(term.select(shapes, 'teacher'))
   assert module.student_channels == (64, 64, 128, 128, 256, 256, 512, 512)
   assert module.teacher_channels == (64,) * 3 + (128,) * 4 + (256,) * 6 + (512,) * 3
-  zeros = lambda tree: jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), tree)
   out, variables = jax.eval_shape(
-      lambda s, t: module.init_with_output(jax.random.key(0), s, t, False),
-      zeros(s_shapes), zeros(t_shapes))
-  assert out['attention'].shape == (2, 16, 8)
+      lambda s, t: module.init_with_output(jax.random.key(0), s, t, False), s_zeros, t_zeros)
+  assert out.attention.shape == (2, 16, 8)
   params, stats = variables['params'], variables['batch_stats']
   for j, c in enumerate(module.teacher_channels):
     assert params[f'query_layer{j}']['linear']['kernel'].shape == (c, 128)
@@ -107,13 +98,11 @@ def test_afd_connector_shapes_for_r34_to_r18_at_224():
   assert set(params) == ({f'query_layer{j}' for j in range(16)}
                          | {f'key_layer{i}' for i in range(8)} | {'bilinear', 'p_t', 'p_s'})
 
-  # PyTorch inits (§7.2): Linear U(+-1/sqrt(fan_in)) weight and bias, BN 1/0, xavier_normal_
+  # PyTorch inits: Linear U(+-1/sqrt(fan_in)) weight and bias, BN 1/0, xavier_normal_
   # (untruncated, std sqrt(2 / (T + d))) for the positional tables.
-  small = connectors.AFDAttention(student_taps=('a',), teacher_taps=('b', 'c'),
-                                  student_channels=(64,), teacher_channels=(512, 512),
-                                  qk_dim=128)
-  p = small.init(jax.random.key(1), {'a': jnp.zeros((1, 2, 2, 64))},
-                 {'b': jnp.zeros((1, 2, 2, 512)), 'c': jnp.zeros((1, 1, 1, 512))}, False)['params']
+  small = afd.AFDAttention(student_channels=(64,), teacher_channels=(512, 512), qk_dim=128)
+  p = small.init(jax.random.key(1), (jnp.zeros((1, 2, 2, 64)),),
+                 (jnp.zeros((1, 2, 2, 512)), jnp.zeros((1, 1, 1, 512))), False)['params']
   for name, fan_in in (('query_layer0', 512), ('key_layer0', 64), ('bilinear', 128)):
     for leaf in ('kernel', 'bias'):
       w = np.asarray(p[name]['linear'][leaf])
@@ -121,15 +110,15 @@ def test_afd_connector_shapes_for_r34_to_r18_at_224():
           fan_in), (name, leaf)
     np.testing.assert_array_equal(p[name]['bn']['scale'], 1.0)
     np.testing.assert_array_equal(p[name]['bn']['bias'], 0.0)
-  pos = np.asarray(module.init(jax.random.key(2), zeros(s_shapes), zeros(t_shapes),
-                               False)['params']['p_t'])
+  pos = np.asarray(module.init(jax.random.key(2), s_zeros, t_zeros, False)['params']['p_t'])
   std = math.sqrt(2 / (16 + 128))
   assert abs(pos.std() / std - 1) < 0.08, pos.std()
   assert np.abs(pos).max() > 2.5 * std  # not truncated at 2 sigma (Flax glorot_normal would be)
 
 
 # --------------------------------------------------------------------------------------------
-# A float64 NumPy re-implementation of §4.7, step by step, on tiny random inputs.
+# A float64 NumPy re-implementation of the method (docs/methods.md#afd), step by step, on tiny
+# random inputs.
 # --------------------------------------------------------------------------------------------
 
 
@@ -205,8 +194,9 @@ def test_afd_matches_a_numpy_reimplementation_of_the_spec():
   term = methods.build_terms({'afd': dict(weight=1.0, student_taps=('s0', 's1'),
                                           teacher_taps=('t0', 't1', 't2'), qk_dim=d)})[0]
   struct = lambda tree: {k: jax.ShapeDtypeStruct(v.shape, jnp.float32) for k, v in tree.items()}
-  module = term.method.connector(term.hparams, struct(student), struct(teacher))
-  f32 = lambda tree: {k: jnp.asarray(v, jnp.float32) for k, v in tree.items()}
+  module = term.build_connector(methods.BuildContext(),
+                                {'student': struct(student), 'teacher': struct(teacher)})
+  f32 = lambda tree: tuple(jnp.asarray(v, jnp.float32) for v in tree.values())
   variables = module.init(jax.random.key(0), f32(student), f32(teacher), False)
   # Random BN affine parameters too, so every parameter takes part in the check.
   keys = iter(jax.random.split(jax.random.key(1), 64))
@@ -217,13 +207,14 @@ def test_afd_matches_a_numpy_reimplementation_of_the_spec():
   def forward(p, s, t):
     o, new = module.apply({'params': p, 'batch_stats': variables['batch_stats']}, s, t, True,
                           mutable=['batch_stats'])
-    return term({'student': s, 'teacher': t, 'connector': o}, {}), (o, new)
+    outputs = {'student': dict(zip(student, s)), 'teacher': dict(zip(teacher, t))}
+    return term(outputs, None, o), (o, new)
 
   value, (out, new) = forward(params, f32(student), f32(teacher))
 
   np_params = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
   want, want_att, stats = _np_afd(list(student.values()), list(teacher.values()), np_params, d)
-  np.testing.assert_allclose(out['attention'], want_att, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(out.attention, want_att, rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(float(value), want, rtol=1e-4)
   # Running statistics: PyTorch momentum 0.1 from mean 0 / var 1 (Flax keeps the biased var).
   for name, (mean, var) in stats.items():

@@ -11,8 +11,8 @@ import pytest
 import conftest
 from kdjax import checkpoint
 from kdjax import losses
+from kdjax import methods
 from kdjax import train
-from kdjax.data import input_pipeline
 
 CIFAR_STAGES = ('layer1', 'layer2', 'layer3')
 METHODS = {
@@ -35,12 +35,8 @@ METHODS = {
 
 
 def _config(data_dir, name):
-  config, _ = conftest.load_recipe('kd_r32x4_r8x4', 'smoke')
+  config = conftest.cifar_pair_config(data_dir, {'ce': dict(weight=1.0), name: METHODS[name]})
   with config.unlocked():
-    config.data_dir = data_dir
-    config.student.model = 'resnet20'
-    config.teacher.model = 'resnet8x4'
-    config.losses = {'ce': dict(weight=1.0), name: METHODS[name]}
     config.input.add_index = name == 'crd'
   return config
 
@@ -52,19 +48,11 @@ FAST = ('at', 'ofd', 'reviewkd', 'crd')
 @pytest.mark.parametrize('name', [n if n in FAST else pytest.param(n, marks=pytest.mark.slow)
                                   for n in sorted(METHODS)])
 def test_method_trains_a_step_on_a_mismatched_pair(cifar_data_dir, name):
-  config = _config(cifar_data_dir, name)
-  setup = train.build(config)
-  mesh = train.make_mesh()
-  state = train.create_state(setup, mesh, 0)
-  teacher_before = jax.tree.map(np.copy, setup.teacher_variables)
-  batch = next(input_pipeline.train_batches(config, setup.builder, start_step=0,
-                                            local_batch_size=config.batch_size,
-                                            steps_per_epoch=setup.steps_per_epoch))
-  before = jax.device_get(state.params)
-  teacher = jax.device_put(setup.teacher_variables, train.replicated(mesh))
-  state, metrics = train.compile_train_step(setup, mesh)(state, teacher,
-                                                          train.global_batch(batch, mesh))
-  after = jax.device_get(state.params)
+  run = conftest.Run(_config(cifar_data_dir, name))
+  teacher_before = jax.tree.map(np.copy, run.setup.networks.teacher_variables)
+  before = jax.device_get(run.state.params)
+  metrics = run.step()
+  after = jax.device_get(run.state.params)
   assert np.isfinite(float(metrics[f'loss/{name}'])) and float(metrics[f'loss/{name}']) > 0
   # Gradients reach the student (and the connectors, if any); the teacher is untouched.
   moved = lambda a, b: max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()),
@@ -74,17 +62,18 @@ def test_method_trains_a_step_on_a_mismatched_pair(cifar_data_dir, name):
   assert ('connectors' in after) == has_connector
   if has_connector:
     assert moved(before['connectors'], after['connectors']) > 0
-  jax.tree.map(np.testing.assert_array_equal, teacher_before, setup.teacher_variables)
+  jax.tree.map(np.testing.assert_array_equal, teacher_before,
+               run.setup.networks.teacher_variables)
 
 
 def test_ofd_margins_come_from_the_teachers_bn_before_relu(cifar_data_dir):
   setup = train.build(_config(cifar_data_dir, 'ofd'))
-  term = next(t for t in setup.terms if t.name == 'ofd')
-  params = setup.teacher_variables['params']
+  term = setup.objective.term('ofd')
+  params = setup.networks.teacher_variables['params']
   for i, margin in zip((1, 2, 3), term.constants['margins']):
     bn = params[f'layer{i}']['block0']['bn2']  # resnet8x4: one block per stage
     np.testing.assert_allclose(margin, losses.ofd_margin(bn['scale'], bn['bias']))
-    assert margin.shape == (setup.tap_shapes['teacher'][f'layer{i}_pre'].shape[-1],)
+    assert margin.shape == (setup.networks.tap_shapes['teacher'][f'layer{i}_pre'].shape[-1],)
 
 
 def test_connectors_are_checkpointed_but_not_exported(tmp_path, cifar_data_dir):
@@ -113,21 +102,16 @@ def test_udml_pulls_both_peers_features_together(digits_data_dir, tmp_path):
     config.losses = dict(ce=dict(weight=1.0),
                          ce_peer=dict(method='ce', weight=1.0, network='peer'),
                          dml=dict(weight=1.0), udml=dict(weight=1.0, tap='pooled'))
-  setup = train.build(config)
-  mesh = train.make_mesh()
-  state = train.create_state(setup, mesh, 0)
-  batch = next(input_pipeline.train_batches(config, setup.builder, start_step=0,
-                                            local_batch_size=config.batch_size,
-                                            steps_per_epoch=setup.steps_per_epoch))
-  grads_of = lambda name: jax.grad(lambda p: train.make_train_step(setup)(
-      state.replace(params=p), None, train.global_batch(batch, mesh))[1]['loss/udml'])(
-          state.params)[name]
+  run = conftest.Run(config)
+  batch = run.global_batch(next(run.batches))
+  grads_of = lambda name: jax.grad(lambda p: train.make_train_step(run.setup)(
+      run.state.replace(params=p), None, batch)[1]['loss/udml'])(run.state.params)[name]
   for name in ('student', 'peer'):
     assert max(float(np.abs(g).max()) for g in jax.tree.leaves(grads_of(name))) > 0
 
 
 def test_reviewkd_abf_chain_matches_every_teacher_target_for_r34_r18():
-  from kdjax import methods, models  # pylint: disable=g-import-not-at-top
+  from kdjax import models  # pylint: disable=g-import-not-at-top
   shape = (1, 224, 224, 3)
   term = methods.build_terms({'reviewkd': dict(weight=1.0)})[0]
   taps = term.reads
@@ -135,37 +119,30 @@ def test_reviewkd_abf_chain_matches_every_teacher_target_for_r34_r18():
                               shape)
   t_shapes = train.tap_shapes(models.get_model('resnet34', num_classes=1000), taps['teacher'],
                               shape)
-  module = term.method.connector(term.hparams, s_shapes, t_shapes)
+  shapes = {'student': s_shapes, 'teacher': t_shapes}
+  module = term.build_connector(methods.BuildContext(), shapes)
   assert module.mid == 512
   zeros = lambda tree: jax.tree.map(lambda s: np.zeros(s.shape, np.float32), tree)
   out = jax.eval_shape(lambda s, t: module.init_with_output(jax.random.key(0), s, t, False)[0],
-                       zeros(s_shapes), zeros(t_shapes))
-  assert [out[f'level{i}'].shape for i in range(5)] == [
+                       zeros(term.select(shapes, 'student')), zeros(term.select(shapes, 'teacher')))
+  assert [level.shape for level in out.levels] == [
       (1, 56, 56, 64), (1, 28, 28, 128), (1, 14, 14, 256), (1, 7, 7, 512), (1, 1, 1, 512)]
 
 
 def test_crd_memory_rows_of_the_batch_are_updated_and_z_is_set_once(cifar_data_dir):
-  config = _config(cifar_data_dir, 'crd')
-  setup = train.build(config)
-  assert next(t for t in setup.terms if t.name == 'crd').hparams['num_data'] == 96
-  mesh = train.make_mesh()
-  state = train.create_state(setup, mesh, 0)
-  step = train.compile_train_step(setup, mesh)
-  batches = input_pipeline.train_batches(config, setup.builder, start_step=0,
-                                         local_batch_size=config.batch_size,
-                                         steps_per_epoch=setup.steps_per_epoch)
-  teacher = jax.device_put(setup.teacher_variables, train.replicated(mesh))
-  memory = lambda st: jax.device_get(st.batch_stats['connectors']['crd']['crd_memory'])
-  before = memory(state)
+  run = conftest.Run(_config(cifar_data_dir, 'crd'))
+  assert run.setup.objective.term('crd').constants['num_data'] == 96
+  memory = lambda: jax.device_get(run.state.batch_stats['connectors']['crd']['crd_memory'])
+  before = memory()
   assert before['z_student'] == -1 and before['student'].shape == (96, 128)
-  batch = next(batches)
-  state, _ = step(state, teacher, train.global_batch(batch, mesh))
-  after = memory(state)
+  batch = next(run.batches)
+  run.step(batch)
+  after = memory()
   changed = np.flatnonzero(np.abs(after['student'] - before['student']).max(axis=1) > 0)
   np.testing.assert_array_equal(np.sort(changed), np.sort(batch['index']))
   np.testing.assert_allclose(np.linalg.norm(after['teacher'][batch['index']], axis=1), 1,
                              rtol=1e-5)
   z = float(after['z_student'])
   assert z > 0
-  state, _ = step(state, teacher, train.global_batch(next(batches), mesh))
-  assert float(memory(state)['z_student']) == z  # set on the first step, then frozen
+  run.step()
+  assert float(memory()['z_student']) == z  # set on the first step, then frozen

@@ -124,7 +124,7 @@ def test_param_count_and_output_shape(name):
 
 
 def test_resnet18_taps_at_224():
-  """ALGORITHMS.md §2.1 shapes."""
+  """The torchvision ResNets' tap shapes (docs/design.md#taps)."""
   logits, shapes = _tap_shapes(get_model('resnet18', num_classes=1000), (2, 224, 224, 3))
   stage = {1: (56, 56, 64), 2: (28, 28, 128), 3: (14, 14, 256), 4: (7, 7, 512)}
   expected = {'stem': (112, 112, 64), 'pooled': (512,), 'logits': (1000,)}
@@ -138,7 +138,7 @@ def test_resnet18_taps_at_224():
 
 
 def test_resnet34_block_aliases():
-  """ALGORITHMS.md §2.1: 16 blocks, (56,56,64)x3, (28,28,128)x4, (14,14,256)x6, (7,7,512)x3."""
+  """ResNet-34: 16 blocks, (56,56,64)x3, (28,28,128)x4, (14,14,256)x6, (7,7,512)x3."""
   _, shapes = _tap_shapes(get_model('resnet34', num_classes=1000), (1, 224, 224, 3))
   blocks = [shapes[f'block{j}'] for j in range(16)]
   assert blocks == (
@@ -148,7 +148,7 @@ def test_resnet34_block_aliases():
 
 
 def test_resnet8x4_taps_at_32():
-  """ALGORITHMS.md §2.3: stem 32 ch at 32 px; stages 64, 128, 256 at 32, 16, 8 px."""
+  """resnet8x4: stem 32 ch at 32 px; stages 64, 128, 256 at 32, 16, 8 px."""
   logits, shapes = _tap_shapes(get_model('resnet8x4', num_classes=100), (2, 32, 32, 3))
   stage = {1: (32, 32, 64), 2: (16, 16, 128), 3: (8, 8, 256)}
   expected = {'stem': (32, 32, 32), 'pooled': (256,), 'logits': (100,)}

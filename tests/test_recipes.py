@@ -100,16 +100,10 @@ def test_dml_trains_both_peers_and_evaluates_both(tmp_path, digits_data_dir):
   with config.unlocked():
     config.peer.model = 'cnn4'
     config.num_train_steps = 3
-  setup = train.build(config)
-  mesh = train.make_mesh()
-  state = train.create_state(setup, mesh, config.seed)
-  before = jax.device_get(state.params)
-  step = train.compile_train_step(setup, mesh)
-  batch = next(input_pipeline.train_batches(config, setup.builder, start_step=0,
-                                            local_batch_size=config.batch_size,
-                                            steps_per_epoch=setup.steps_per_epoch))
-  state, metrics = step(state, None, train.global_batch(batch, mesh))
-  after = jax.device_get(state.params)
+  run = conftest.Run(config, seed=config.seed)
+  before = jax.device_get(run.state.params)
+  metrics = run.step()
+  after = jax.device_get(run.state.params)
   for name in ('student', 'peer'):
     moved = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()),
                                          before[name], after[name]))
@@ -126,10 +120,10 @@ def test_unlabeled_source_is_mixed_into_batches_and_ce_ignores_it(digits_data_di
     config.input.num_labeled = 0
     config.input.unlabeled.update(split='test', fraction=0.25)
   setup = train.build(config)
-  batches = input_pipeline.train_batches(config, setup.builder, start_step=0,
+  batches = input_pipeline.train_batches(config, setup.data.builder, start_step=0,
                                          local_batch_size=64,
-                                         steps_per_epoch=setup.steps_per_epoch,
-                                         unlabeled_builder=setup.unlabeled_builder)
+                                         steps_per_epoch=setup.data.steps_per_epoch,
+                                         unlabeled_builder=setup.data.unlabeled_builder)
   batch = next(batches)
   assert batch['image'].shape[0] == 64
   np.testing.assert_array_equal(batch['label'][48:], -1)
@@ -141,8 +135,8 @@ def test_unlabeled_source_is_mixed_into_batches_and_ce_ignores_it(digits_data_di
   # Resuming at step 3 gives the same mixed batch as the 4th of an uninterrupted stream.
   for _ in range(3):
     expected = next(batches)
-  resumed = next(input_pipeline.train_batches(config, setup.builder, start_step=3,
+  resumed = next(input_pipeline.train_batches(config, setup.data.builder, start_step=3,
                                               local_batch_size=64,
-                                              steps_per_epoch=setup.steps_per_epoch))
+                                              steps_per_epoch=setup.data.steps_per_epoch))
   for key in expected:
     np.testing.assert_array_equal(resumed[key], expected[key])

@@ -111,9 +111,9 @@ def test_shipped_teacher_is_exact_on_the_whole_eval_split(digits_data_dir):
   setup = train.build(config)
   mesh = train.make_mesh()
   from kdjax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  batches = input_pipeline.eval_batches(config, setup.builder, local_batch_size=64)
-  result = train.evaluate(jax.jit(train.make_eval_step(setup.teacher)),
-                          setup.teacher_variables, None, batches, mesh)
+  batches = input_pipeline.eval_batches(config, setup.data.builder, local_batch_size=64)
+  result = train.evaluate(jax.jit(train.make_eval_step(setup.networks.teacher)),
+                          setup.networks.teacher_variables, None, batches, mesh)
   assert round(result['top1'] * 597) == pytest.approx(result['top1'] * 597, abs=1e-6)
   assert result['top1'] > 0.97  # the README's figure for the shipped teacher: 98.0%
 
@@ -166,24 +166,18 @@ def test_bfloat16_teacher_and_student_keep_float32_params_and_losses(digits_data
     config.student.model = 'digits_cnn'
     config.student.dtype = 'bfloat16'
     config.teacher.dtype = 'bfloat16'
-  setup = train.build(config)
-  mesh = train.make_mesh()
-  state = train.create_state(setup, mesh, 0)
-  step = train.compile_train_step(setup, mesh)
-  from kdjax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  batch = next(input_pipeline.train_batches(config, setup.builder, start_step=0,
-                                            local_batch_size=config.batch_size,
-                                            steps_per_epoch=setup.steps_per_epoch))
-  teacher = jax.device_put(setup.teacher_variables, train.replicated(mesh))
-  state, metrics = step(state, teacher, train.global_batch(batch, mesh))
+  run = conftest.Run(config)
+  batch = next(run.batches)
+  metrics = run.step(batch)
+  state, nets = run.state, run.setup.networks
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.opt_state)
              if hasattr(x, 'dtype') and jnp.issubdtype(x.dtype, jnp.floating))
   assert all(v.dtype == jnp.float32 and np.isfinite(v) for v in metrics.values())
   # The bf16 teacher's logits stay close to the float32 teacher's.
   t32 = train.teacher_forward(models.get_model('digits_cnn', num_classes=10),
-                              setup.teacher_variables, batch['image'], [])['logits']
-  t16 = train.teacher_forward(setup.teacher, setup.teacher_variables, batch['image'], [])['logits']
+                              nets.teacher_variables, batch['image'], [])['logits']
+  t16 = train.teacher_forward(nets.teacher, nets.teacher_variables, batch['image'], [])['logits']
   assert t16.dtype == jnp.float32
   np.testing.assert_allclose(t16, t32, atol=0.1 * float(jnp.std(t32)))
 
@@ -207,16 +201,7 @@ def test_terms_compose_without_code_changes(digits_data_dir):
                          dist=dict(weight=2.0, temperature=4.0, group_size=16),
                          wsl=dict(weight=0.5, temperature=2.0),
                          ofa=dict(weight=1.0, eps=1.5))
-  setup = train.build(config)
-  mesh = train.make_mesh()
-  state = train.create_state(setup, mesh, 0)
-  from kdjax.data import input_pipeline  # pylint: disable=g-import-not-at-top
-  batch = next(input_pipeline.train_batches(config, setup.builder, start_step=0,
-                                            local_batch_size=config.batch_size,
-                                            steps_per_epoch=setup.steps_per_epoch))
-  teacher = jax.device_put(setup.teacher_variables, train.replicated(mesh))
-  _, metrics = train.compile_train_step(setup, mesh)(state, teacher,
-                                                      train.global_batch(batch, mesh))
+  metrics = conftest.Run(config).step()
   terms = {k[5:]: float(v) for k, v in metrics.items() if k.startswith('loss/')}
   assert set(terms) == {'ce', 'dkd', 'dist', 'wsl', 'ofa'}
   expected = (terms['ce'] + 0.2 * terms['dkd'] + 2 * terms['dist'] + 0.5 * terms['wsl']
@@ -230,11 +215,11 @@ def test_grouped_loss_is_the_mean_over_groups():
   rng = np.random.default_rng(0)
   s, t = rng.normal(size=(2, 8, 5)).astype(np.float32)
   out = {'student': {'logits': s}, 'teacher': {'logits': t}}
-  batch = {'label': np.zeros(8, np.int32)}
+  labels = np.zeros(8, np.int32)
   from kdjax import losses  # pylint: disable=g-import-not-at-top
   want = np.mean([losses.dist(s[i:i + 4], t[i:i + 4], beta=1.0, gamma=1.0, temperature=1.0)
                   for i in (0, 4)])
-  np.testing.assert_allclose(term(out, batch), want, rtol=1e-6)
+  np.testing.assert_allclose(term(out, labels), want, rtol=1e-6)
   with pytest.raises(KdjaxError, match='group_size'):
     methods.build_terms(ml_collections.ConfigDict({'dist': dict(weight=1.0, group_size=3)}),
                         batch_size=8)

@@ -1,11 +1,25 @@
-"""FitNet's regressor (ConvReg): maps the student's hint map onto the teacher's shape (§4.1)."""
+"""FitNet hints, Romero et al. ICLR 2015, with mdistiller's ConvReg (docs/methods.md#fitnet).
+
+A trainable regressor maps the student's hint map onto the teacher's shape; the loss is the
+mean squared error to the teacher's map.
+"""
+
+from typing import NamedTuple
 
 import flax.linen as nn
+import jax
 
-from kdjax.connectors.layers import batch_norm
-from kdjax.connectors.layers import torch_conv
-from kdjax.connectors.layers import torch_conv_transpose
+from kdjax import losses
 from kdjax.errors import KdjaxError
+from kdjax.layers import batch_norm
+from kdjax.layers import torch_conv
+from kdjax.layers import torch_conv_transpose
+from kdjax.methods.registry import Method
+from kdjax.methods.registry import register
+
+
+class Hint(NamedTuple):
+  hint: jax.Array   # the regressed student map, shaped like the teacher's [B, Ht, Wt, Ct]
 
 
 class ConvReg(nn.Module):
@@ -37,13 +51,27 @@ class ConvReg(nn.Module):
 
 
 class HintRegressor(nn.Module):
-  """The FitNet connector: ConvReg on the student's hint tap; returns {'hint': R(F_s)}."""
-  student_tap: str
+  """The FitNet connector: ConvReg on the student's hint tap."""
   student_shape: tuple
   teacher_shape: tuple
 
   @nn.compact
   def __call__(self, student, teacher, train, batch=None):
     del teacher, batch
-    reg = ConvReg(self.student_shape, self.teacher_shape, name='regressor')
-    return {'hint': reg(student[self.student_tap], train)}
+    return Hint(ConvReg(self.student_shape, self.teacher_shape, name='regressor')(
+        student[0], train))
+
+
+def _connector(ctx, student, teacher):
+  del ctx
+  return HintRegressor(student_shape=tuple(student[0].shape[1:]),
+                       teacher_shape=tuple(teacher[0].shape[1:]))
+
+
+FITNET = register(Method(
+    name='fitnet', doc='FitNet hint with a ConvReg regressor',
+    taps=dict(student_tap='layer2', teacher_tap='layer2'),
+    reads=lambda student_tap, teacher_tap: {'student': (student_tap,),
+                                            'teacher': (teacher_tap,)},
+    connector=_connector,
+    loss=lambda x: losses.fitnet(x.connector.hint, *x.teacher)))

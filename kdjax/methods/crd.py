@@ -1,19 +1,31 @@
-"""CRD's embeddings and memory banks (ALGORITHMS.md §4.10).
+"""Contrastive Representation Distillation, Tian et al. ICLR 2020 (docs/methods.md#crd).
 
-Trainable: `embed_s`, `embed_t` (Linear + l2 normalisation, d = 128). Non-trainable state, kept
-in the `crd_memory` collection of the train state and updated inside the jit step, so every
-replica holds the same banks: `student`, `teacher` ([N, d], one row per training example,
-initialised U(+-1/sqrt(d/3))) and the normalisation constants `z_student`, `z_teacher` (-1 until
-the first step sets them to N * mean(scores), then frozen).
+Trainable: `embed_s`, `embed_t` (Linear + l2 normalisation, d = 128). Non-trainable state,
+kept in the `crd_memory` collection of the train state and updated inside the jit step, so
+every replica holds the same banks: `student`, `teacher` ([N, d], one row per training example,
+initialised U(+-1/sqrt(d/3))) and the normalisation constants `z_student`, `z_teacher` (-1
+until the first step sets them to N * mean(scores), then frozen). Needs `input.add_index` (the
+example's row); N comes from the dataset.
 """
+
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kdjax import losses
-from kdjax.connectors.layers import torch_dense
+from kdjax.layers import torch_dense
 from kdjax.losses._numerics import safe_norm
+from kdjax.methods.registry import Method
+from kdjax.methods.registry import one_tap
+from kdjax.methods.registry import register
+
+
+class Contrast(NamedTuple):
+  student_probs: jax.Array   # out_s / Z_s, [B, K + 1], column 0 the positive
+  teacher_probs: jax.Array   # out_t / Z_t
 
 
 def _l2n(x):
@@ -22,7 +34,6 @@ def _l2n(x):
 
 class CRDMemory(nn.Module):
   """Scores of each anchor against the other side's memory rows (positive + K negatives)."""
-  tap: str
   dim: int
   n_data: int
   num_negatives: int
@@ -35,9 +46,9 @@ class CRDMemory(nn.Module):
   def __call__(self, student, teacher, train, batch=None):
     flat = lambda x: x.reshape(x.shape[0], -1)
     e_s = _l2n(torch_dense(self.dim, in_features=self.student_features, name='embed_s')(
-        flat(student[self.tap])))
+        flat(student[0])))
     e_t = _l2n(torch_dense(self.dim, in_features=self.teacher_features, name='embed_t')(
-        flat(jax.lax.stop_gradient(teacher[self.tap]))))
+        flat(jax.lax.stop_gradient(teacher[0]))))
     bound = 1.0 / (self.dim / 3) ** 0.5
     init = lambda: jax.random.uniform(self.make_rng('params'), (self.n_data, self.dim),
                                       jnp.float32, -bound, bound)
@@ -67,4 +78,22 @@ class CRDMemory(nn.Module):
       memory_s.value = memory_s.value.at[index].set(new_s)
       memory_t.value = memory_t.value.at[index].set(new_t)
       z_s.value, z_t.value = zs, zt
-    return {'student_probs': out_s / zs, 'teacher_probs': out_t / zt}
+    return Contrast(out_s / zs, out_t / zt)
+
+
+def _connector(ctx, student, teacher, *, dim, num_negatives, temperature, momentum):
+  size = lambda s: int(np.prod(s.shape[1:]))
+  return CRDMemory(dim=dim, n_data=ctx.num_train_examples(), num_negatives=num_negatives,
+                   temperature=temperature, momentum=momentum,
+                   student_features=size(student[0]), teacher_features=size(teacher[0]))
+
+
+CRD = register(Method(
+    name='crd', doc='Contrastive Representation Distillation: embeddings + memory banks; '
+                    'needs input.add_index',
+    taps=dict(tap='pooled'), reads=one_tap,
+    connector=_connector,
+    connector_hparams=dict(dim=128, num_negatives=16384, temperature=0.07, momentum=0.5),
+    constants=lambda ctx, tap: {'num_data': ctx.num_train_examples()},
+    loss=lambda x, *, num_data: losses.crd(x.connector.student_probs, x.connector.teacher_probs,
+                                           n_data=num_data)))

@@ -1,0 +1,16 @@
+"""Cross-entropy on the labelled examples of one trainable network (docs/methods.md#ce)."""
+
+from kdjax import losses
+from kdjax.methods.registry import Method
+from kdjax.methods.registry import register
+
+
+def _loss(x, *, label_smoothing):
+  logits, = x.student or x.peer  # `network` picks which one is read
+  return losses.cross_entropy(logits, x.labels, label_smoothing=label_smoothing)
+
+
+CE = register(Method(
+    name='ce', doc='cross-entropy on the labelled examples of one trainable network',
+    taps=dict(network='student'), reads=lambda network: {network: ('logits',)},
+    hparams=dict(label_smoothing=0.0), loss=_loss))
