@@ -81,6 +81,7 @@ class Manager:
         'num_classes': setup.data.info.num_classes,
         'image_shape': list(setup.data.info.image_shape),
         'teacher': setup.networks.teacher_source,
+        'student_init': setup.networks.student_source,
         'packages': package_versions(),
     }
     self._manager.save(step, args=ocp.args.Composite(
@@ -167,7 +168,7 @@ def _abstract_variables(model, input_shape):
                         jnp.zeros(input_shape, jnp.float32))
 
 
-def _check_fits(variables, model, input_shape, path):
+def _check_fits(variables, model, input_shape, path, network='teacher'):
   """Raises a KdjaxError naming the first missing/unexpected/mis-shaped variables."""
   def flat(tree):
     return {jax.tree_util.keystr(p): tuple(np.shape(v))
@@ -185,8 +186,8 @@ def _check_fits(variables, model, input_shape, path):
       problems.append(f'unexpected {unexpected[:3]}')
     if shapes:
       problems.append(f'shape mismatch {shapes[:3]}')
-    raise KdjaxError(f"teacher.checkpoint '{path}' does not fit teacher.model "
-                     f'{type(model).__name__}: {"; ".join(problems)}; check teacher.model and '
+    raise KdjaxError(f"{network}.checkpoint '{path}' does not fit {network}.model "
+                     f'{type(model).__name__}: {"; ".join(problems)}; check {network}.model and '
                      'the dataset (number of classes)')
 
 
@@ -222,8 +223,18 @@ def load_teacher(path, model, input_shape, *, allow_random=False, seed=0):
                     'its numbers mean nothing.')
     variables = random_teacher(model, input_shape, seed)
     return variables, {'source': 'random-init (smoke)', 'sha256': tree_hash(variables)}
+  return load_variables(path, model, input_shape, network='teacher')
+
+
+def load_variables(path, model, input_shape, *, network):
+  """Variables of `network` (teacher, student) from `path` as host arrays, checked against
+  `model`; returns (variables, source description).
+
+  `path` is a kdjax training workdir (its latest checkpoint's exported network), an export
+  folder, or a torchvision/timm state dict file (`kdjax.torch_import`).
+  """
   if not os.path.exists(path):
-    raise KdjaxError(f"teacher.checkpoint '{path}' does not exist; point it at a kdjax workdir, "
+    raise KdjaxError(f"{network}.checkpoint '{path}' does not exist; point it at a kdjax workdir, "
                      'an export folder or a torchvision/timm state dict (.safetensors, .pth)')
   try:
     if os.path.exists(os.path.join(path, EXPORT_METADATA)):
@@ -233,13 +244,13 @@ def load_teacher(path, model, input_shape, *, allow_random=False, seed=0):
     elif os.path.isfile(path):
       variables = torch_import.load(path, model, input_shape)
     else:
-      raise KdjaxError(f"teacher.checkpoint '{path}' is neither a kdjax workdir (no "
+      raise KdjaxError(f"{network}.checkpoint '{path}' is neither a kdjax workdir (no "
                        f'checkpoints/), an export folder (no {EXPORT_METADATA}) nor a state '
                        'dict file')
   except KdjaxError:
     raise
   except Exception as e:  # Orbax/tensorstore errors on unreadable or truncated files.
-    raise KdjaxError(f"teacher.checkpoint '{path}' could not be read ({type(e).__name__}: "
-                     f'{str(e).splitlines()[0][:200]}); re-export or re-train the teacher') from e
-  _check_fits(variables, model, input_shape, path)
+    raise KdjaxError(f"{network}.checkpoint '{path}' could not be read ({type(e).__name__}: "
+                     f'{str(e).splitlines()[0][:200]}); re-export or re-train the {network}') from e
+  _check_fits(variables, model, input_shape, path, network)
   return variables, {'source': os.path.abspath(path), 'sha256': tree_hash(variables)}

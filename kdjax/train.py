@@ -96,6 +96,8 @@ class Networks:
   teacher_source: dict       # where the teacher came from (checkpoint metadata)
   taps: dict                 # network name -> tap names the terms read (logits excluded)
   tap_shapes: dict           # network name -> {tap: ShapeDtypeStruct} for a batch of 1
+  pretrained: dict = dataclasses.field(default_factory=dict)  # trainable name -> host variables
+  student_source: dict = dataclasses.field(default_factory=dict)  # where the student started
 
   @property
   def student(self):
@@ -204,11 +206,16 @@ def build_networks(config, data: Data, terms) -> Networks:
     teacher_variables, source = checkpoint.load_teacher(
         config.teacher.checkpoint, teacher, input_shape, allow_random=config.smoke,
         seed=config.seed)
+  pretrained, student_source = {}, {'source': 'random-init'}
+  if config.student.checkpoint:  # Fine-tuning and pretrained students start from weights.
+    pretrained['student'], student_source = checkpoint.load_variables(
+        config.student.checkpoint, trainable['student'], input_shape, network='student')
   networks = {**trainable, 'teacher': teacher} if teacher is not None else trainable
   return Networks(
       trainable=trainable, teacher=teacher, teacher_variables=teacher_variables,
       teacher_source=source, taps={k: tap_names[k] for k in networks},
-      tap_shapes={k: tap_shapes(m, tap_names[k], input_shape) for k, m in networks.items()})
+      tap_shapes={k: tap_shapes(m, tap_names[k], input_shape) for k, m in networks.items()},
+      pretrained=pretrained, student_source=student_source)
 
 
 def build_objective(config, data: Data, networks: Networks, terms) -> Objective:
@@ -248,12 +255,14 @@ def tap_shapes(model, tap_names, input_shape):
   return jax.eval_shape(run, jnp.zeros(input_shape, jnp.float32))
 
 
-def init_state(setup: Setup, seed) -> TrainState:
-  """Random variables for every trainable network and connector; a fresh optimizer state."""
+def init_state(setup: Setup, seed, pretrained=None) -> TrainState:
+  """Variables for every trainable network (random, or `pretrained[name]`) and connector
+  (random); a fresh optimizer state."""
   x = jnp.zeros((1,) + setup.data.info.image_shape, jnp.float32)
   params, batch_stats = {}, {}
   for i, (name, model) in enumerate(sorted(setup.networks.trainable.items())):
-    variables = model.init(jax.random.fold_in(jax.random.key(seed), i), x, train=False)
+    variables = (pretrained or {}).get(name) or model.init(
+        jax.random.fold_in(jax.random.key(seed), i), x, train=False)
     params[name] = variables['params']
     batch_stats[name] = variables.get('batch_stats', {})
   if setup.objective.connectors:  # Trained with the networks, saved, never exported.
@@ -400,8 +409,10 @@ def compile_train_step(setup: Setup, mesh):
 
 
 def create_state(setup: Setup, mesh, seed):
-  """A fresh TrainState, replicated over `mesh`."""
-  return jax.jit(functools.partial(init_state, setup, seed), out_shardings=replicated(mesh))()
+  """A fresh TrainState, replicated over `mesh` (pretrained weights passed as arguments, not
+  baked into the program as constants)."""
+  init = jax.jit(functools.partial(init_state, setup, seed), out_shardings=replicated(mesh))
+  return init(setup.networks.pretrained)
 
 
 # --------------------------------------------------------------------------------------------

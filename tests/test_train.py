@@ -223,3 +223,23 @@ def test_grouped_loss_is_the_mean_over_groups():
   with pytest.raises(KdjaxError, match='group_size'):
     methods.build_terms(ml_collections.ConfigDict({'dist': dict(weight=1.0, group_size=3)}),
                         batch_size=8)
+
+
+def test_student_checkpoint_initialises_the_student(digits_data_dir):
+  from kdjax import recipes  # pylint: disable=g-import-not-at-top
+  config = _digits_config(digits_data_dir)
+  with config.unlocked():
+    config.student.model = 'digits_cnn'
+    config.student.checkpoint = recipes.DIGITS_TEACHER  # an export folder of a digits_cnn
+  setup = train.build(config)
+  state = train.create_state(setup, train.make_mesh(), 0)
+  exported, _ = checkpoint.load_exported(recipes.DIGITS_TEACHER)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params['student']),
+               exported['params'])
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.batch_stats['student']),
+               exported['batch_stats'])
+  assert setup.networks.student_source['source'].endswith('digits_teacher')
+  with config.unlocked():
+    config.student.model = 'mlp32'
+  with pytest.raises(KdjaxError, match="student.checkpoint .* does not fit student.model"):
+    train.build(config)
