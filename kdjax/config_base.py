@@ -60,7 +60,8 @@ def base_config():
       warmup_epochs=0.0,
       b1=0.9, b2=0.999, eps=1e-8,   # adamw
   ))
-  c.student = ml_collections.ConfigDict(dict(model='', dtype='float32'))
+  # checkpoint: '' = random init; else weights to start from (as teacher.checkpoint takes).
+  c.student = ml_collections.ConfigDict(dict(model='', checkpoint='', dtype='float32'))
   c.teacher = ml_collections.ConfigDict(dict(model='', checkpoint='', dtype='float32'))
   c.peer = ml_collections.ConfigDict(dict(model='', dtype='float32'))  # DML's second network
   c.export = 'student'          # the trainable network that export and teacher loading take
