@@ -7,7 +7,7 @@ Hardware: one GPU (batch 64, 240 epochs, mdistiller's CIFAR schedule). `:smoke`:
 Loss: CE + 0.9 * KD(T=4) + 200 * AFD with d = 128, every resnet8x4 block (block0..block2)
 attended by every resnet32x4 block (block0..block14). Not a reference pair: the weights are the
 official code's CIFAR defaults for WRN-40-2 -> WRN-16-2 (`main.py --alpha 0.9 --beta 200
---temperature 4`; ALGORITHMS.md §4.7, §7.1), applied unchanged here.
+--temperature 4`; docs/methods.md#afd), applied unchanged here.
 Expected top-1: not checked here (no published number for this pair with these settings).
 """
 

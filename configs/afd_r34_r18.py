@@ -8,7 +8,7 @@ trains AFD for 100 epochs, LR 0.1, step 30/60/90, wd 1e-4 with its own per-devic
 `:smoke`: 4 steps at 64x64 on a CPU (needs imagenet2012 in data_dir).
 Loss: CE + 0.9 * KD(T=4) + 50 * AFD, every ResNet-18 block (block0..block7) attended by every
 ResNet-34 block (block0..block15), d = 128 (PaddleClas `resnet34_distill_resnet18_afd.yaml`;
-ALGORITHMS.md §4.7). The AFD BatchNorm1d statistics are over the whole global batch.
+docs/methods.md#afd). The AFD BatchNorm1d statistics are over the whole global batch.
 Expected top-1: not checked here (see the AFD paper / PaddleClas model zoo).
 """
 

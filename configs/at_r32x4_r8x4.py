@@ -4,7 +4,7 @@ r"""AT, attention transfer (Zagoruyko & Komodakis 2017) on the three stages; CIF
       --config.teacher.checkpoint=/tmp/r32x4     # a kdjax workdir of configs/train_r32x4.py
 
 Hardware: one GPU (batch 64, 240 epochs, mdistiller's CIFAR schedule). `:smoke`: 8 steps on a CPU.
-Loss: CE + 1000 * sum over layer1..3 of AT(p=2) (mdistiller defaults; ALGORITHMS.md §4.2).
+Loss: CE + 1000 * sum over layer1..3 of AT(p=2) (mdistiller defaults; docs/methods.md#at).
 Expected top-1: 73.44 (CRD paper's CIFAR-100 table, as reprinted in later work; not yet reproduced).
 """
 

@@ -5,7 +5,8 @@ r"""AT, attention transfer, on layer1..layer4; ImageNet, ResNet-34 -> ResNet-18.
 
 Hardware: 8 GPUs or a TPU pod slice (mdistiller's ImageNet schedule, global batch 512).
 `:smoke`: 4 steps at 64x64 on a CPU (needs imagenet2012 in data_dir).
-Loss: CE + 1000 * sum of AT(p=2) over the four stages (mdistiller `configs/imagenet/r34_r18/at.yaml`; §4.2).
+Loss: CE + 1000 * sum of AT(p=2) over the four stages (mdistiller
+`configs/imagenet/r34_r18/at.yaml`; docs/methods.md#at).
 Expected top-1: not checked here (mdistiller reports AT for this pair in its ImageNet table).
 """
 

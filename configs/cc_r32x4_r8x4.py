@@ -4,7 +4,8 @@ r"""CC, correlation congruence (Peng et al., ICCV 2019), RepDistiller form with 
       --config.teacher.checkpoint=/tmp/r32x4     # a kdjax workdir of configs/train_r32x4.py
 
 Hardware: one GPU (batch 64, 240 epochs, mdistiller's CIFAR schedule). `:smoke`: 8 steps on a CPU.
-Loss: CE + 0.02 * CC on trainable 128-d embeddings of the pooled features (RepDistiller; §5.3).
+Loss: CE + 0.02 * CC on trainable 128-d embeddings of the pooled features (RepDistiller;
+docs/methods.md#cc).
 Expected top-1: not checked here (see the CRD paper's CIFAR-100 table).
 """
 

@@ -6,7 +6,7 @@ r"""CRD, contrastive representation distillation (Tian et al., ICLR 2020), CIFAR
 Hardware: one GPU (batch 64, 240 epochs, mdistiller's CIFAR schedule). `:smoke`: 8 steps on a
 CPU, 64 negatives.
 Loss: CE + 0.8 * CRD(d=128, 16,384 negatives, tau 0.07, momentum 0.5) on the pooled features
-(RepDistiller `-a 0 -b 0.8`; ALGORITHMS.md §4.10). Difference from the reference: its CIFAR
+(RepDistiller `-a 0 -b 0.8`; docs/methods.md#crd). Difference from the reference: its CIFAR
 sampler draws negatives without replacement from the other classes only; kdjax draws them
 uniformly from all 50,000 rows with replacement (the reference's ImageNet sampler).
 Expected top-1: not checked here (see the CRD paper's CIFAR-100 table).

@@ -9,7 +9,7 @@ training image: 2 x 1,281,167 x 128 x 4 B = 1.3 GB, replicated on every device.
 `:smoke`: 4 steps at 64x64 on a CPU, 64 negatives.
 Loss: CE + 0.8 * CRD(d=128, 16,384 negatives drawn uniformly with replacement, tau 0.07,
 momentum 0.5) on the pooled features (mdistiller `configs/imagenet/r34_r18/crd.yaml`;
-ALGORITHMS.md §4.10). Expected top-1: not checked here (mdistiller lists CRD for this pair).
+docs/methods.md#crd). Expected top-1: not checked here (mdistiller lists CRD for this pair).
 """
 
 from kdjax import config_base

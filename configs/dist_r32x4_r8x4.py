@@ -6,7 +6,7 @@ r"""DIST (Huang et al., NeurIPS 2022), CIFAR-100, resnet32x4 -> resnet8x4.
 Hardware: one GPU (batch 64, 240 epochs, mdistiller's CIFAR schedule). `:smoke`: 8 steps on a CPU.
 Loss: CE + 2 * DIST(beta=1, gamma=1, T=4), intra-class term over groups of 64 (the reference's
 per-GPU batch) (hunto `configs/strategies/distill/dist_cifar.yaml`, `kd: dist_t4`;
-ALGORITHMS.md §3.3). Expected top-1: not checked here; see the DIST paper's CIFAR-100 table.
+docs/methods.md#dist). Expected top-1: not checked here; see the DIST paper's CIFAR-100 table.
 """
 
 from kdjax import config_base

@@ -5,9 +5,10 @@ r"""DIST (Huang et al., NeurIPS 2022), ImageNet, ResNet-34 -> ResNet-18.
 
 Hardware: 8 GPUs or a TPU pod slice. `:smoke`: 4 steps at 64x64 on a CPU.
 Loss: CE + 2 * DIST(beta=1, gamma=1, T=1), the intra-class term over groups of 32 examples, the
-reference's per-GPU batch (hunto `configs/strategies/distill/resnet_dist.yaml`; ALGORITHMS.md
-§3.3). Base schedule: mdistiller's ImageNet recipe (the DIST repository trains with its own
-schedule; see its README). Expected top-1: not checked here; see the DIST paper's ImageNet table.
+reference's per-GPU batch (hunto `configs/strategies/distill/resnet_dist.yaml`;
+docs/methods.md#dist). Base schedule: mdistiller's ImageNet recipe (the DIST repository trains
+with its own schedule; see its README). Expected top-1: not checked here; see the DIST paper's
+ImageNet table.
 """
 
 from kdjax import config_base

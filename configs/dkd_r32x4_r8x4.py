@@ -5,7 +5,7 @@ r"""DKD (Zhao et al., CVPR 2022), CIFAR-100, resnet32x4 -> resnet8x4, mdistiller
 
 Hardware: one GPU (batch 64, 240 epochs). `:smoke` runs 8 steps on a CPU.
 Loss: CE + min(epoch / 20, 1) * DKD(alpha=1, beta=8, T=4) (mdistiller
-`configs/cifar100/dkd/res32x4_res8x4.yaml`; ALGORITHMS.md §3.2).
+`configs/cifar100/dkd/res32x4_res8x4.yaml`; docs/methods.md#dkd).
 Expected top-1: 76.32 (mdistiller README, resnet32x4 -> resnet8x4). Not yet reproduced with kdjax.
 """
 

@@ -6,7 +6,7 @@ r"""DKD (Zhao et al., CVPR 2022), ImageNet, ResNet-34 -> ResNet-18, mdistiller's
 Hardware: 8 GPUs or a TPU pod slice (global batch 512, lr 0.2 scaled with the batch, 100 epochs).
 `:smoke`: 4 steps at 64x64 on a CPU (needs imagenet2012 in data_dir).
 Loss: CE + DKD(alpha=1, beta=0.5, T=1), no warm-up (mdistiller `configs/imagenet/r34_r18/dkd.yaml`;
-ALGORITHMS.md §3.2). Expected top-1: 71.70 (mdistiller README). Not yet reproduced with kdjax.
+docs/methods.md#dkd). Expected top-1: 71.70 (mdistiller README). Not yet reproduced with kdjax.
 """
 
 from kdjax import config_base

@@ -4,7 +4,8 @@ r"""FitNet (Romero et al. 2015): layer2 hint through a trainable ConvReg regress
       --config.teacher.checkpoint=/tmp/r32x4     # a kdjax workdir of configs/train_r32x4.py
 
 Hardware: one GPU (batch 64, 240 epochs, mdistiller's CIFAR schedule). `:smoke`: 8 steps on a CPU.
-Loss: CE + 100 * MSE(ConvReg(F_s), F_t) at layer2 (mdistiller FITNET defaults; ALGORITHMS.md §4.1).
+Loss: CE + 100 * MSE(ConvReg(F_s), F_t) at layer2 (mdistiller FITNET defaults;
+docs/methods.md#fitnet).
 Expected top-1: 73.50 (CRD paper's CIFAR-100 table, as reprinted in later work; not yet reproduced).
 """
 

@@ -6,7 +6,7 @@ r"""FitNet: layer2 hint through a trainable ConvReg regressor; ImageNet, ResNet-
 Hardware: 8 GPUs or a TPU pod slice (mdistiller's ImageNet schedule, global batch 512).
 `:smoke`: 4 steps at 64x64 on a CPU (needs imagenet2012 in data_dir).
 Loss: CE + 100 * MSE at layer2; tap and weight are kdjax choices with no reference ImageNet config
-(ALGORITHMS.md §4.1, §7.4), to be tuned.
+(docs/methods.md#fitnet), to be tuned.
 Expected top-1: none published for this setting.
 """
 

@@ -5,7 +5,7 @@ r"""KD (Hinton et al. 2015), CIFAR-100, resnet32x4 -> resnet8x4, mdistiller's re
 
 Hardware: one GPU (batch 64, 240 epochs, ~188k steps). `:smoke` runs 8 steps on a CPU (needs
 cifar100 in data_dir; only smoke may use a random teacher).
-Loss: 0.1 * CE + 0.9 * KD(T=4) (mdistiller `configs/cifar100/kd.yaml`; ALGORITHMS.md §3.1).
+Loss: 0.1 * CE + 0.9 * KD(T=4) (mdistiller `configs/cifar100/kd.yaml`; docs/methods.md#kd).
 Expected top-1: 73.33 (mdistiller README; teacher 79.42, student alone 72.50 in the DKD paper's CIFAR
 table). Not yet reproduced with kdjax.
 """

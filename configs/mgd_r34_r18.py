@@ -5,7 +5,8 @@ r"""MGD, masked generative distillation, on layer4; ImageNet, ResNet-34 -> ResNe
 
 Hardware: 8 GPUs or a TPU pod slice (mdistiller's ImageNet schedule, global batch 512).
 `:smoke`: 4 steps at 64x64 on a CPU (needs imagenet2012 in data_dir).
-Loss: CE + 7e-5 * sum/B of (G(mask(F_s)) - F_t)^2 (official `res34_distill_res18_img.py`; §4.5).
+Loss: CE + 7e-5 * sum/B of (G(mask(F_s)) - F_t)^2 (official `res34_distill_res18_img.py`;
+docs/methods.md#mgd).
 Expected top-1: not checked here (see the MGD paper's ImageNet table).
 """
 

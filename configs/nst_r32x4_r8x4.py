@@ -4,7 +4,7 @@ r"""NST, neuron selectivity transfer (Huang & Wang 2017) on the three stages; CI
       --config.teacher.checkpoint=/tmp/r32x4     # a kdjax workdir of configs/train_r32x4.py
 
 Hardware: one GPU (batch 64, 240 epochs, mdistiller's CIFAR schedule). `:smoke`: 8 steps on a CPU.
-Loss: CE + 50 * sum over layer1..3 of NST (mdistiller defaults; ALGORITHMS.md §5.5).
+Loss: CE + 50 * sum over layer1..3 of NST (mdistiller defaults; docs/methods.md#nst).
 Expected top-1: not checked here (see the CRD paper's CIFAR-100 table).
 """
 

@@ -4,7 +4,7 @@ r"""OFD (Heo et al., ICCV 2019): pre-ReLU stages, teacher-BN margins, partial L2
       --config.teacher.checkpoint=/tmp/r32x4     # a kdjax workdir of configs/train_r32x4.py
 
 Hardware: one GPU (batch 64, 240 epochs, mdistiller's CIFAR schedule). `:smoke`: 8 steps on a CPU.
-Loss: CE + 1e-3 * sum_i L_i / 2^(n-i) over layer1..3_pre (official CIFAR code; ALGORITHMS.md §4.3).
+Loss: CE + 1e-3 * sum_i L_i / 2^(n-i) over layer1..3_pre (official CIFAR code; docs/methods.md#ofd).
 Expected top-1: not checked here (see the OFD paper's CIFAR-100 table).
 """
 

@@ -5,7 +5,7 @@ r"""OFD, overhaul of feature distillation: 4 pre-ReLU stages with teacher-BN mar
 
 Hardware: 8 GPUs or a TPU pod slice (mdistiller's ImageNet schedule, global batch 512).
 `:smoke`: 4 steps at 64x64 on a CPU (needs imagenet2012 in data_dir).
-Loss: CE + 1e-4 * sum_i L_i / 2^(4-i) (official `ImageNet/distiller.py`; ALGORITHMS.md §4.3). The official
+Loss: CE + 1e-4 * sum_i L_i / 2^(4-i) (official `ImageNet/distiller.py`; docs/methods.md#ofd). The official
 run uses SGD with Nesterov, batch 256, lr 0.1; this recipe keeps mdistiller's base schedule.
 Expected top-1: not checked here (see the OFD paper's ImageNet table).
 """

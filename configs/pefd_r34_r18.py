@@ -5,7 +5,8 @@ r"""PEFD, projector ensemble feature distillation, on the pooled feature; ImageN
 
 Hardware: 8 GPUs or a TPU pod slice (mdistiller's ImageNet schedule, global batch 512).
 `:smoke`: 4 steps at 64x64 on a CPU (needs imagenet2012 in data_dir).
-Loss: CE + 25 * mean(1 - cos(ensemble(h_s), h_t)) (official `scripts/run_imagenet.sh`; §4.6).
+Loss: CE + 25 * mean(1 - cos(ensemble(h_s), h_t)) (official `scripts/run_imagenet.sh`;
+docs/methods.md#pefd).
 Expected top-1: not checked here (see the PEFD paper's ImageNet table).
 """
 

@@ -4,7 +4,7 @@ r"""PKT, probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018) on the p
       --config.teacher.checkpoint=/tmp/r32x4     # a kdjax workdir of configs/train_r32x4.py
 
 Hardware: one GPU (batch 64, 240 epochs, mdistiller's CIFAR schedule). `:smoke`: 8 steps on a CPU.
-Loss: CE + 30000 * PKT over groups of 64 (mdistiller defaults; ALGORITHMS.md §5.2).
+Loss: CE + 30000 * PKT over groups of 64 (mdistiller defaults; docs/methods.md#pkt).
 Expected top-1: 73.64 (CRD paper's CIFAR-100 table, as reprinted in later work; not yet reproduced).
 """
 

@@ -6,7 +6,7 @@ r"""ReviewKD (Chen et al., CVPR 2021), CIFAR-100, resnet32x4 -> resnet8x4.
 Hardware: one GPU (batch 64, 240 epochs, mdistiller's CIFAR schedule). `:smoke`: 8 steps on a CPU.
 Loss: CE + min(epoch / 20, 1) * 5 * HCL, student post-ReLU stages + pooled against teacher
 pre-ReLU stages + pooled (mdistiller `configs/cifar100/reviewkd.yaml`, official `reviewKD.sh`;
-ALGORITHMS.md §2.3, §4.4). Warm-up uses the 1-based epoch (mdistiller); the official code is
+docs/methods.md#reviewkd). Warm-up uses the 1-based epoch (mdistiller); the official code is
 0-based. Expected top-1: not checked here (see the ReviewKD paper's CIFAR-100 table).
 """
 

@@ -7,7 +7,8 @@ Hardware: 8 GPUs or a TPU pod slice. mdistiller's ReviewKD schedule: global batc
 (scaled with the batch), 100 epochs, decay at 30/60/90. `:smoke`: 4 steps at 64x64 on a CPU.
 Loss: CE + HCL over five ABF-fused levels (layer1..4 pre-ReLU and the pooled feature on both
 sides), weight 1, no warm-up (official `ImageNet/README.md`, mdistiller `r34_r18/reviewkd.yaml`;
-ALGORITHMS.md §4.4). Expected top-1: not checked here (mdistiller lists ReviewKD for this pair).
+docs/methods.md#reviewkd). Expected top-1: not checked here (mdistiller lists ReviewKD for this
+pair).
 """
 
 from kdjax import config_base

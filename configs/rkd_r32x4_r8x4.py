@@ -4,7 +4,7 @@ r"""RKD, relational KD (Park et al., CVPR 2019) on the pooled feature; CIFAR-100
       --config.teacher.checkpoint=/tmp/r32x4     # a kdjax workdir of configs/train_r32x4.py
 
 Hardware: one GPU (batch 64, 240 epochs, mdistiller's CIFAR schedule). `:smoke`: 8 steps on a CPU.
-Loss: CE + (25 * distance + 50 * angle) over groups of 64 (mdistiller defaults; ALGORITHMS.md §5.1).
+Loss: CE + (25 * distance + 50 * angle) over groups of 64 (mdistiller defaults; docs/methods.md#rkd).
 Expected top-1: 71.90 (CRD paper's CIFAR-100 table, as reprinted in later work; not yet reproduced).
 """
 

@@ -6,7 +6,7 @@ r"""SKD, spherical knowledge distillation (PaddleClas), ImageNet, ResNet-34 -> R
 Hardware: 8 GPUs or a TPU pod slice. `:smoke`: 4 steps at 64x64 on a CPU.
 Loss: SKD(T=1, multiplier=2, alpha=0.9) with weight 1 and no separate CE: SKD's
 (1 - alpha) * CE on the normalised logits is its label term (PaddleClas
-`resnet34_distill_resnet18_skd.yaml`; ALGORITHMS.md §3.5). The official script decays alpha by
+`resnet34_distill_resnet18_skd.yaml`; docs/methods.md#skd). The official script decays alpha by
 epoch; `--config.losses.skd.alpha` sets the constant PaddleClas value.
 Expected top-1: not checked here; see PaddleClas' distillation docs.
 """

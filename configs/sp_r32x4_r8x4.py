@@ -4,7 +4,7 @@ r"""SP, similarity-preserving KD (Tung & Mori, ICCV 2019) on the last stage; CIF
       --config.teacher.checkpoint=/tmp/r32x4     # a kdjax workdir of configs/train_r32x4.py
 
 Hardware: one GPU (batch 64, 240 epochs, mdistiller's CIFAR schedule). `:smoke`: 8 steps on a CPU.
-Loss: CE + 3000 * SP on layer3 over groups of 64 (mdistiller defaults; ALGORITHMS.md §5.4).
+Loss: CE + 3000 * SP on layer3 over groups of 64 (mdistiller defaults; docs/methods.md#sp).
 Expected top-1: not checked here (see the CRD paper's CIFAR-100 table).
 """
 

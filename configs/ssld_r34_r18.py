@@ -9,7 +9,7 @@ Hardware: 8 GPUs or a TPU pod slice. `:smoke`: 4 steps at 64x64 on a CPU, half o
 from an unlabeled source (the validation split with its labels hidden, only to exercise the path).
 Loss: the eps-smoothed symmetric KL between student and frozen teacher, weight 1, and no CE:
 labels are never read, so any image source can be mixed in with `input.unlabeled` (PaddleClas
-`PPLCNet_x2_5_ssld.yaml`; ALGORITHMS.md §3.7). PaddleClas' SSLD mines ~4M ImageNet-22k images;
+`PPLCNet_x2_5_ssld.yaml`; docs/methods.md#ssld). PaddleClas' SSLD mines ~4M ImageNet-22k images;
 without such a source this recipe distils on ImageNet-1k train alone.
 Expected top-1: not checked here; the SSLD numbers are for PaddleClas' own teachers and students.
 """

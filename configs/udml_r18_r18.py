@@ -5,7 +5,7 @@ r"""UDML (PaddleClas): DML between two ResNet-18 peers plus an L2 pull between t
 Hardware: 8 GPUs or a TPU pod slice. `:smoke`: 4 steps at 64x64 on a CPU. No teacher.
 Loss: CE(student) + CE(peer) + DML(student, peer) + mean (F_student - F_peer)^2 at layer3, every
 weight 1 (PaddleClas `PPLCNet_x2_5_udml.yaml`; layer3 is kdjax's choice for ResNets, the
-stride-16 stage like PPLCNet's `blocks5`; ALGORITHMS.md §4.8). Schedule as configs/dml_r18_r18.py.
+stride-16 stage like PPLCNet's `blocks5`; docs/methods.md#udml). Schedule as configs/dml_r18_r18.py.
 Expected top-1: not checked here for ResNet-18 peers.
 """
 

@@ -5,8 +5,9 @@ r"""WSL, weighted soft labels (Zhou et al., ICLR 2021), ImageNet, ResNet-34 -> R
 
 Hardware: 8 GPUs or a TPU pod slice. `:smoke`: 4 steps at 64x64 on a CPU.
 Loss: CE + 2.5 * WSL(T=2) (PaddleClas `resnet34_distill_resnet18_wsl.yaml`, official code T=2,
-alpha=2.5; ALGORITHMS.md §3.4). The reference runs its teacher with train-mode BatchNorm; kdjax
-uses inference mode (§1.5). Expected top-1: not checked here; see the WSL paper's ImageNet table.
+alpha=2.5; docs/methods.md#wsl). The reference runs its teacher with train-mode BatchNorm; kdjax
+uses inference mode (docs/methods.md#teacher-handling). Expected top-1: not checked here; see
+the WSL paper's ImageNet table.
 """
 
 from kdjax import config_base

@@ -2,11 +2,11 @@ r"""Quickstart: a real distillation on the embedded digits, with and without the
 
   python -m kdjax.quickstart [--seeds=3] [--workdir=DIR]
 
-The few-labels setting of DESIGN.md §7 (configs/digits_kd.py): the mlp32 student keeps 100
-of the 1,200 training labels; the distilled student also reads the shipped digits_cnn
-teacher's outputs on every training image. Each variant is trained with every seed through the
-same trainer as ImageNet (TFDS input, jit step, Orbax checkpoints), and the table reports
-held-out top-1 (597 images) as mean ± standard deviation over seeds.
+The few-labels setting of docs/design.md#measured-facts (configs/digits_kd.py): the mlp32
+student keeps 100 of the 1,200 training labels; the distilled student also reads the shipped
+digits_cnn teacher's outputs on every training image. Each variant is trained with every seed
+through the same trainer as ImageNet (TFDS input, jit step, Orbax checkpoints), and the table
+reports held-out top-1 (597 images) as mean ± standard deviation over seeds.
 """
 
 import os

@@ -1,4 +1,5 @@
-"""Tests for kdjax.losses.pooling and kdjax.losses.features (ALGORITHMS.md §1.7, §4, §6.6-6.8)."""
+"""Tests for kdjax.losses.pooling and kdjax.losses.features (docs/methods.md#resampling, the
+feature methods of docs/methods.md, golden values per docs/methods.md#golden-value-policy)."""
 
 import logging
 import math
@@ -13,10 +14,10 @@ from kdjax.losses import features as F
 from kdjax.losses import pooling
 from kdjax.losses import relations
 
-RTOL, ATOL = 1e-5, 1e-6  # ALGORITHMS.md §6
+RTOL, ATOL = 1e-5, 1e-6  # docs/methods.md#golden-value-policy
 GRAD_TOL = dict(atol=1e-2, rtol=1e-2, eps=1e-3)  # float32 central differences
 
-# §6.6 inputs, F[b][h][w][c].
+# The feature-map golden inputs, F[b][h][w][c].
 F_S = np.array([[[[1.0, 0.0], [0.5, 1.0]], [[0.0, 2.0], [1.0, 1.0]]],
                 [[[0.2, 0.1], [0.0, 0.0]], [[1.5, 0.5], [0.3, 0.7]]]])
 F_T = np.array([[[[1, 0, 1], [0, 1, 0.5]], [[2, 0, 0], [1, 1, 1]]],
@@ -28,7 +29,7 @@ def _rand(seed, shape, scale=1.0):
 
 
 # ------------------------------------------------------------------------------------------------
-# Pooling (§1.7)
+# Pooling (docs/methods.md#resampling)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -119,7 +120,7 @@ def test_nearest_resize_values(in_hw, size):
 
 
 # ------------------------------------------------------------------------------------------------
-# Golden values (§6.6-6.8)
+# Golden values (AT, NST, SP, OFD, HCL)
 # ------------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Tests of kdjax.losses.logits: golden values (ALGORITHMS.md §6.1-6.4), identities,
+"""Tests of kdjax.losses.logits: golden values (docs/methods.md#golden-value-policy), identities,
 invariances, gradients, stop-gradient, numerics (large gaps, bf16, batch 1), unlabeled rows."""
 
 import functools
@@ -13,11 +13,11 @@ from kdjax.losses import logits as L
 
 RTOL, ATOL = 1e-5, 1e-6
 
-# §6.1 common inputs.
+# The common logit inputs of docs/methods.md#golden-value-policy.
 ZS = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, -1.0]], np.float32)
 ZT = np.array([[3.0, 0.5, -0.5], [0.0, 1.5, 2.0]], np.float32)
 Y = np.array([0, 2], np.int32)
-# §6.4 3x3 DIST batch.
+# The 3-row DIST batch (docs/methods.md#dist).
 ZS3 = np.concatenate([ZS, [[-0.5, 0.0, 1.5]]]).astype(np.float32)
 ZT3 = np.concatenate([ZT, [[-1.0, 0.5, 2.5]]]).astype(np.float32)
 
@@ -144,7 +144,7 @@ def test_dkd_golden(temperature, beta, want, want_total):
   close(value, want)
   if want_total is not None:
     close(L.cross_entropy(ZS, Y) + value, want_total)
-  if temperature == 4.0:  # §6.3 warm-up examples (factor applied by the trainer)
+  if temperature == 4.0:  # warm-up examples of docs/methods.md#dkd (factor applied by the trainer)
     close(0.05 * value, 0.053251)
     close(0.25 * value, 0.266253)
     close(L.cross_entropy(ZS, Y) + 0.05 * value, 2.088355)
@@ -165,7 +165,7 @@ def test_skd_golden(alpha, want):
 def test_dml_golden():
   close(L.dml(ZS, ZT), 0.635191)
   close(L.dml(ZT, ZS), 0.635191)  # symmetric
-  close(3 * L.dml(ZS, ZT), 1.905572)  # the `sum_across_class_dim=True` value of §6.4
+  close(3 * L.dml(ZS, ZT), 1.905572)  # PaddleClas `sum_across_class_dim=True` (docs/methods.md#dml)
 
 
 @pytest.mark.parametrize("eps,want", [(1.0, 1.430160), (1.5, 2.176370)])
@@ -205,7 +205,7 @@ def _decoupled_identity(s, t, y, temperature):
 @pytest.mark.parametrize("inputs", ["golden", "random"])
 def test_kd_equals_decoupled_sum(temperature, want, inputs):
   # Per sample: tau^2 KL(p_t || p_s) = TCKD_b + (1 - p_t[g]) NCKD_b, so their batch means
-  # equal L_KD (ALGORITHMS.md §3.2, §6.3).
+  # equal L_KD (docs/methods.md#dkd).
   s, t, y = (ZS, ZT, Y) if inputs == "golden" else random_inputs(1)
   recombined, per_sample, kd = _decoupled_identity(s, t, y, temperature)
   close(recombined, per_sample)

@@ -1,4 +1,5 @@
-"""Tests for kdjax.losses.relations (ALGORITHMS.md §5.1-5.4, golden values §6.5)."""
+"""Tests for kdjax.losses.relations (docs/methods.md#rkd, #pkt, #cc, #sp; golden values per
+docs/methods.md#golden-value-policy)."""
 
 import math
 
@@ -11,10 +12,10 @@ import pytest
 from kdjax.losses import features
 from kdjax.losses import relations as R
 
-RTOL, ATOL = 1e-5, 1e-6  # ALGORITHMS.md §6
+RTOL, ATOL = 1e-5, 1e-6  # docs/methods.md#golden-value-policy
 GRAD_TOL = dict(atol=1e-2, rtol=1e-2, eps=1e-3)  # float32 central differences
 
-# §6.5 inputs.
+# The relation golden inputs.
 E_S = np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
 E_T = np.array([[2.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 2.0, 2.0]])
 CC_S = np.array([[1.0, 0.0, 2.0], [0.5, -1.0, 0.0], [2.0, 1.0, 1.0]])

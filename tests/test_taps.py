@@ -1,6 +1,6 @@
 """Feature taps: aliases and raw module paths of a CIFAR ResNet through `kdjax.taps`.
 
-Shapes follow ALGORITHMS.md §2.3: for resnet8x4 at 32x32 the stem has 32 channels at 32 px and
+Shapes follow docs/design.md#taps: for resnet8x4 at 32x32 the stem has 32 channels at 32 px and
 the stages 64 / 128 / 256 channels at 32 / 16 / 8 px. The model is initialised once per module.
 """
 
@@ -74,7 +74,7 @@ def eval_taps(model, variables, x):
   return taps.apply(model, variables, x, taps=names)
 
 
-def test_alias_shapes_match_algorithms_2_3(eval_taps):
+def test_alias_shapes_match_the_documented_taps(eval_taps):
   _, features, state = eval_taps
   assert state == {}
   for name, shape in EXPECTED_SHAPES.items():

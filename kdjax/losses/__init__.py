@@ -1,7 +1,8 @@
-"""Pure distillation losses (DESIGN.md §3.1).
+"""Pure distillation losses (docs/design.md#pure-losses).
 
 Positional arrays, then keyword-only hyperparameters; each returns a float32 scalar reduced as
-the reference implementation reduces it (ALGORITHMS.md §1.3), without loss weight or warm-up.
+the reference implementation reduces it (docs/methods.md#reductions), without loss weight or
+warm-up.
 Logits [B, K]; labels int32 [B] (-1 = unlabeled); feature maps NHWC [B, H, W, C]; embeddings [B, D].
 """
 

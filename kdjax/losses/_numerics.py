@@ -1,4 +1,4 @@
-"""Small numerics helpers shared by the losses (ALGORITHMS.md §1.6)."""
+"""Small numerics helpers shared by the losses (docs/methods.md#numerics)."""
 
 import jax.numpy as jnp
 

@@ -1,11 +1,12 @@
-"""Feature-based distillation losses (ALGORITHMS.md §4, plus NST of §5.5).
+"""Feature-based distillation losses (docs/methods.md: at, nst, fitnet, ofd, mgd, pefd, udml,
+reviewkd, afd, crd).
 
 Pure functions: positional arrays first, keyword-only hyperparameters after; every function upcasts
 to float32, wraps the teacher inputs in ``jax.lax.stop_gradient``, and returns a float32 scalar
-reduced the way the reference reduces it (ALGORITHMS.md §1.3), with no loss weight. Feature maps are
-NHWC ``[B, H, W, C]``; pooled features / embeddings ``[B, D]``. Learnable connectors (regressors,
-generators, projectors, embeddings, attention modules) live in ``kdjax.connectors``: the functions
-here receive their outputs.
+reduced the way the reference reduces it (docs/methods.md#reductions), with no loss weight.
+Feature maps are NHWC ``[B, H, W, C]``; pooled features / embeddings ``[B, D]``. Learnable
+connectors (regressors, generators, projectors, embeddings, attention modules) are modules of the
+methods that use them: the functions here receive their outputs.
 
 ``similarity_preserving`` is defined in :mod:`kdjax.losses.relations` and re-exported here, so both
 ``kdjax.losses.features.similarity_preserving`` and ``kdjax.losses.relations.similarity_preserving``
@@ -87,7 +88,7 @@ def attention_transfer(student_feat: jax.Array, teacher_feat: jax.Array, *, p: f
   (:func:`kdjax.losses.pooling.adaptive_avg_pool2d`); ``l2_normalize`` is ``F.normalize``
   (eps 1e-12, finite gradient at 0). The mean over channels is a mean (not a sum). Even integer
   ``p`` is applied as ``F^p`` (identical to the reference); other ``p`` as ``|F|^p`` (the
-  reference has no ``abs``; ALGORITHMS.md §4.2). The method sums this over
+  reference has no ``abs``; docs/methods.md#at). The method sums this over
   the stage pairs (``layer1..layer4``) and weights it with ``w_at = 1000`` (mdistiller, no 1/2).
 
   Args:
@@ -216,8 +217,9 @@ def hcl(student_feat: jax.Array, teacher_feat: jax.Array) -> jax.Array:
 
   So ``h > 4`` weighs (full, 4x4, 2x2, 1x1) as (1, 1/2, 1/4, 1/8)/1.875, ``h = 4`` weighs
   (full, 2x2, 1x1) as (1, 1/2, 1/4)/1.75, ``h = 1`` is the plain MSE. Every mean is over all
-  elements of the (pooled) tensor. The 7 -> 4 pooling windows overlap (§1.7). The reference does
-  no size matching inside ``hcl`` (the ABF resizes), so both maps must have the same shape.
+  elements of the (pooled) tensor. The 7 -> 4 pooling windows overlap
+  (docs/methods.md#resampling). The reference does no size matching inside ``hcl`` (the ABF
+  resizes), so both maps must have the same shape.
   ``L_HCL`` of the method is the sum over the 5 levels, weighted by ``w_rev`` (and the warm-up).
 
   Args:
@@ -265,10 +267,11 @@ def ofd_margin(bn_scale, bn_bias) -> np.ndarray:
     else:                  margin_c = -3 s
 
   with ``phi``/``Phi`` the standard normal pdf/cdf, evaluated in float64 (as the reference's
-  ``math``/``scipy.stats.norm``) and returned as float32. **[KDJAX]** channels with ``gamma_c == 0``
-  (the reference divides by zero) get ``margin_c = 0`` and a logged warning. Margins are otherwise
-  always negative. This is host code (NumPy/SciPy), not traceable: call it once when building the
-  method state, e.g. with the teacher's ``layer{i}[-1].bn2`` ``scale`` and ``bias``.
+  ``math``/``scipy.stats.norm``) and returned as float32. kdjax's choice: channels with
+  ``gamma_c == 0`` (the reference divides by zero) get ``margin_c = 0`` and a logged warning.
+  Margins are otherwise always negative. This is host code (NumPy/SciPy), not traceable: call it
+  once when building the method state, e.g. with the teacher's ``layer{i}[-1].bn2`` ``scale`` and
+  ``bias``.
 
   Args:
     bn_scale: ``[C]`` BN scale ``gamma`` (array-like).
@@ -421,8 +424,8 @@ def pefd(student_projected: jax.Array, teacher_feat: jax.Array) -> jax.Array:
     L     = mean_b (1 - cos_b)
 
   Norms are ``sqrt(max(sum x^2, 1e-24))`` (the reference divides by the raw norm, which is NaN for
-  an all-zero ReLU ensemble output; §1.6.3). Inputs with more than two axes are flattened per
-  sample. Method weight ``w_pefd = 25``.
+  an all-zero ReLU ensemble output; docs/methods.md#numerics). Inputs with more than two axes are
+  flattened per sample. Method weight ``w_pefd = 25``.
 
   Args:
     student_projected: ``f_s``, ``[B, D_t]``.
@@ -682,7 +685,7 @@ def feature_distance(feat_a: jax.Array, feat_b: jax.Array) -> jax.Array:
     float32 scalar.
 
   References:
-    PaddleClas ``ppcls/loss/distanceloss.py``, ``PPLCNet_x2_5_udml.yaml``; ALGORITHMS.md §4.8.
+    PaddleClas ``ppcls/loss/distanceloss.py``, ``PPLCNet_x2_5_udml.yaml``; docs/methods.md#udml.
   """
   a, b = as_f32(feat_a, feat_b)
   if a.shape != b.shape:

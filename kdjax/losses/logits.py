@@ -2,9 +2,9 @@
 
 Every function here is pure and jit-friendly: positional arrays first, keyword-only
 hyperparameters after, and it returns a float32 scalar reduced the way the reference
-implementation reduces it (ALGORITHMS.md §1.3), with no loss weight and no warm-up factor
+implementation reduces it (docs/methods.md#reductions), with no loss weight and no warm-up factor
 (the trainer applies those). The exact formulas, defaults and golden values are in
-ALGORITHMS.md §3 and §6.
+docs/methods.md (one section per method, and #golden-value-policy).
 
 Conventions shared by all functions:
 
@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 # Stand-in for -inf when a class is removed from a softmax (DKD's non-target softmax).
-# Finite, so `0 * (masked entry)` never produces NaN (ALGORITHMS.md §1.6.5); far below any
+# Finite, so `0 * (masked entry)` never produces NaN (docs/methods.md#numerics); far below any
 # float32 logit / temperature, so exp() of it is exactly 0 whatever the logit scale.
 _MASKED_LOGIT = -1e30
 # DIST: the reference adds 1e-8 to the *product* of the two centred norms.
@@ -119,7 +119,7 @@ def _kl_per_sample(log_p, log_q):
 
 
 def _dkd_log_probs(logits, gt_mask, temperature):
-  """Log-space pieces of DKD for one side (ALGORITHMS.md §3.2, [KDJAX] form).
+  """Log-space pieces of DKD for one side (kdjax's log-space form, docs/methods.md#dkd).
 
   Args:
     logits: float32 ``[B, K]``.
@@ -154,7 +154,7 @@ def _pearson(a, b, axis):
   """Pearson correlation along ``axis``, as DIST's reference computes it.
 
   ``<a_c, b_c> / (||a_c|| * ||b_c|| + 1e-8)`` with ``a_c = a - mean(a)``; the norms are
-  safe norms (ALGORITHMS.md §1.6.3), so a constant vector gives 0 with a finite gradient.
+  safe norms (docs/methods.md#numerics), so a constant vector gives 0 with a finite gradient.
   """
   a_c = a - jnp.mean(a, axis=axis, keepdims=True)
   b_c = b - jnp.mean(b, axis=axis, keepdims=True)
@@ -194,7 +194,7 @@ def cross_entropy(logits, labels, *, label_smoothing=0.0):
     row is labelled.
 
   References:
-    The ``CE`` term of every recipe (ALGORITHMS.md §1.4).
+    The ``CE`` term of every recipe (docs/methods.md#ce, #term-weights).
   """
   logits = as_f32(logits)
   batch, _ = _check_logits(("logits", logits))
@@ -249,7 +249,7 @@ def kd(student_logits, teacher_logits, *, temperature):
 
   References:
     Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", 2015.
-    mdistiller ``mdistiller/distillers/KD.py`` (``kd_loss``); ALGORITHMS.md §3.1.
+    mdistiller ``mdistiller/distillers/KD.py`` (``kd_loss``); docs/methods.md#kd.
   """
   s, t = as_f32(student_logits, teacher_logits)
   _check_logits(("student_logits", s), ("teacher_logits", t))
@@ -288,7 +288,7 @@ def dkd_parts(student_logits, teacher_logits, labels, *, temperature):
 
   References:
     Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022.
-    mdistiller ``mdistiller/distillers/DKD.py`` (``dkd_loss``); ALGORITHMS.md §3.2.
+    mdistiller ``mdistiller/distillers/DKD.py`` (``dkd_loss``); docs/methods.md#dkd.
   """
   s, t = as_f32(student_logits, teacher_logits)
   batch, num_classes = _check_logits(("student_logits", s), ("teacher_logits", t))
@@ -328,7 +328,7 @@ def dkd(student_logits, teacher_logits, labels, *, alpha, beta, temperature):
 
   References:
     Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022.
-    mdistiller ``mdistiller/distillers/DKD.py`` (``dkd_loss``); ALGORITHMS.md §3.2.
+    mdistiller ``mdistiller/distillers/DKD.py`` (``dkd_loss``); docs/methods.md#dkd.
   """
   tckd, nckd = dkd_parts(student_logits, teacher_logits, labels, temperature=temperature)
   valid = _check_labels(labels, tckd.shape[0]) >= 0
@@ -365,7 +365,7 @@ def dist(student_logits, teacher_logits, *, beta, gamma, temperature):
 
   References:
     Huang et al., "Knowledge Distillation from A Stronger Teacher", NeurIPS 2022.
-    hunto/image_classification_sota ``lib/models/losses/dist_kd.py``; ALGORITHMS.md §3.3.
+    hunto/image_classification_sota ``lib/models/losses/dist_kd.py``; docs/methods.md#dist.
   """
   s, t = as_f32(student_logits, teacher_logits)
   _check_logits(("student_logits", s), ("teacher_logits", t))
@@ -406,7 +406,7 @@ def wsl(student_logits, teacher_logits, labels, *, temperature):
 
   References:
     Zhou et al., "Rethinking Soft Labels for Knowledge Distillation: A Bias-Variance
-    Tradeoff Perspective", ICLR 2021. PaddleClas ``ppcls/loss/wslloss.py``; ALGORITHMS.md §3.4.
+    Tradeoff Perspective", ICLR 2021. PaddleClas ``ppcls/loss/wslloss.py``; docs/methods.md#wsl.
   """
   s, t = as_f32(student_logits, teacher_logits)
   batch, _ = _check_logits(("student_logits", s), ("teacher_logits", t))
@@ -448,7 +448,7 @@ def skd(student_logits, teacher_logits, labels, *, temperature, multiplier, alph
 
   References:
     Guo et al., "Reducing the Teacher-Student Gap via Spherical Knowledge Distillation",
-    2020. PaddleClas ``ppcls/loss/skdloss.py``; ALGORITHMS.md §3.5.
+    2020. PaddleClas ``ppcls/loss/skdloss.py``; docs/methods.md#skd.
   """
   s, t = as_f32(student_logits, teacher_logits)
   batch, _ = _check_logits(("student_logits", s), ("teacher_logits", t))
@@ -489,7 +489,7 @@ def dml(logits_a, logits_b, *, eps=1e-12):
   References:
     Zhang et al., "Deep Mutual Learning", CVPR 2018; Cui et al., "Beyond Self-Supervision:
     A Simple Yet Effective Network Distillation Alternative..." (SSLD), 2021.
-    PaddleClas ``ppcls/loss/dmlloss.py``; ALGORITHMS.md §3.6, §3.7.
+    PaddleClas ``ppcls/loss/dmlloss.py``; docs/methods.md#dml, #ssld.
   """
   a, b = as_f32(logits_a, logits_b)
   _check_logits(("logits_a", a), ("logits_b", b))
@@ -529,7 +529,7 @@ def ofa(student_logits, teacher_logits, labels, *, temperature, eps):
   References:
     Hao et al., "One-for-All: Bridge the Gap Between Heterogeneous Architectures in
     Knowledge Distillation", NeurIPS 2023. Hao840/OFAKD ``distillers/ofa.py``
-    (``ofa_loss``); ALGORITHMS.md §3.8.
+    (``ofa_loss``); docs/methods.md#ofa.
   """
   s, t = as_f32(student_logits, teacher_logits)
   batch, num_classes = _check_logits(("student_logits", s), ("teacher_logits", t))

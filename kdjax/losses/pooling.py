@@ -1,4 +1,4 @@
-"""PyTorch-exact spatial resampling for NHWC maps (ALGORITHMS.md §1.7).
+"""PyTorch-exact spatial resampling for NHWC maps (docs/methods.md#resampling).
 
 Several references size-match feature maps with ``F.adaptive_avg_pool2d`` (AT, NST, OFD, ReviewKD's
 HCL pyramid, AFD's ``Sample``) or with ``F.interpolate(mode='nearest')`` (ReviewKD's ABF). Neither
@@ -75,7 +75,7 @@ def adaptive_avg_pool2d(x: jax.Array, output_size) -> jax.Array:
 
   References:
     PyTorch ``aten/src/ATen/native/AdaptiveAveragePooling.cpp`` (``start_index``/``end_index``);
-    ALGORITHMS.md §1.7.
+    docs/methods.md#resampling.
   """
   x = jnp.asarray(x)
   if x.ndim != 4:
@@ -132,7 +132,8 @@ def nearest_resize(x: jax.Array, size) -> jax.Array:
     ``[B, O_h, O_w, C]`` array in ``x``'s dtype. The gradient scatters back to the source pixels.
 
   References:
-    PyTorch ``aten/src/ATen/native/UpSample.h`` (``nearest_idx``); ALGORITHMS.md §1.7, §4.4 (ABF).
+    PyTorch ``aten/src/ATen/native/UpSample.h`` (``nearest_idx``); docs/methods.md#resampling,
+    #reviewkd (ABF).
   """
   x = jnp.asarray(x)
   if x.ndim != 4:

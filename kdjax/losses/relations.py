@@ -1,12 +1,12 @@
-"""Relation-based distillation losses (ALGORITHMS.md §5): RKD, PKT, CC, SP.
+"""Relation-based distillation losses (docs/methods.md#rkd, #pkt, #cc, #sp): RKD, PKT, CC, SP.
 
 Pure functions: positional arrays first, keyword-only hyperparameters after; every function upcasts
 to float32, wraps the teacher inputs in ``jax.lax.stop_gradient``, and returns a float32 scalar
 reduced the way the reference reduces it, with no loss weight. All of them depend on which examples
 share the batch: they compute over the batch they are given; the method layer splits the global
-batch into fixed-size groups (reshape + ``vmap``) and averages (DESIGN.md §4).
+batch into fixed-size groups (reshape + ``vmap``) and averages (docs/design.md#grouped-losses).
 
-NST (§5.5) is a feature-map loss and lives in :mod:`kdjax.losses.features`;
+NST (docs/methods.md#nst) is a feature-map loss and lives in :mod:`kdjax.losses.features`;
 ``similarity_preserving`` lives here and is re-exported by :mod:`kdjax.losses.features`.
 """
 
@@ -250,8 +250,8 @@ def similarity_preserving(student_feat: jax.Array, teacher_feat: jax.Array) -> j
     L   = sum_{i,j} (G~_t - G~_s)^2 / B^2
 
   Accepts NHWC maps ``[B, H, W, C]`` or embeddings ``[B, D]`` (anything is flattened per sample;
-  the value does not depend on the flattening order, §1.2). The two sides may have different
-  feature sizes. Method weight ``w_sp = 3000`` (tap ``layer4``).
+  the value does not depend on the flattening order, docs/methods.md#notation). The two sides may
+  have different feature sizes. Method weight ``w_sp = 3000`` (tap ``layer4``).
 
   Args:
     student_feat: ``[B, ...]``.

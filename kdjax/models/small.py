@@ -3,7 +3,7 @@
 ``digits_cnn`` is the teacher (a two-conv BN CNN, 19.6k params); ``mlp32`` and
 ``cnn4`` are deliberately weak students (about 2.4k and 0.8k params). Convs use the
 kaiming fan_out init of the ResNets and explicit PyTorch-style padding; dense layers
-use PyTorch's nn.Linear default init (ALGORITHMS.md §1.9). Each model sows
+use PyTorch's nn.Linear default init (docs/design.md#initialisation). Each model sows
 ``pooled``, the feature that feeds its classifier ``fc``.
 """
 

@@ -3,7 +3,8 @@
 The quickstart and the tests read real images through the same TFDS input path as ImageNet,
 without any download: the builder reads `digits.csv.gz` from this folder (licence in LICENSE.md).
 
-Splits: `train` = the first 1,200 rows, `test` = the remaining 597 (the split of DESIGN.md §7).
+Splits: `train` = the first 1,200 rows, `test` = the remaining 597 (the split of
+docs/design.md#measured-facts).
 Features: `image` uint8 [8, 8, 1] (the 0..16 counts times 16, capped at 255), `label` (10 classes)
 and `id` (the row index, int64), which lets a recipe hide labels (few-label distillation) and
 lets stateful methods index examples.
