@@ -15,6 +15,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import time
 
 from absl import logging
 import jax
@@ -52,27 +53,70 @@ def tree_hash(tree) -> str:
 
 
 class Manager:
-  """Periodic async saves with keep-N, and resume from the latest step."""
+  """Periodic async saves with keep-N, and resume from the newest checkpoint that restores."""
 
   def __init__(self, workdir, config):
-    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
-    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
-                                           enable_async_checkpointing=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=('state', 'metadata'))
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, 'checkpoints')
     self._config = config
+    self._manager = self._open()
+
+  def _open(self):
+    options = ocp.CheckpointManagerOptions(max_to_keep=self._config.keep_checkpoints,
+                                           create=True, enable_async_checkpointing=True)
+    return ocp.CheckpointManager(self.directory, options=options,
+                                 item_names=('state', 'metadata'))
 
   def restore_or(self, state):
-    """Returns (restored state, its step), or (state, 0) when there is no checkpoint."""
-    step = self._manager.latest_step()
-    if step is None:
-      return state, 0
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = self._manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-    return restored.state, step
+    """(restored state, its step, its metadata), or (state, 0, None) without a checkpoint.
 
-  def save(self, step, state, setup):
+    A checkpoint that cannot be restored (truncated, corrupt, from an incompatible run) is
+    moved to `<workdir>/damaged_checkpoints/` with a warning and the one before it is tried;
+    if none restores, a KdjaxError says so.
+    """
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    errors = []
+    for step in steps:
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except  Orbax/tensorstore/shape errors.
+        reason = f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}'
+        errors.append((step, reason))
+        logging.warning('The checkpoint at step %d in %s cannot be restored (%s); trying the '
+                        'one before it.', step, self.directory, reason)
+        continue
+      if errors:
+        self._set_aside([s for s, _ in errors])
+      return restored.state, step, dict(restored.metadata)
+    if errors:
+      step, reason = errors[0]
+      raise KdjaxError(f"no checkpoint in '{self.directory}' can be restored (the latest, step "
+                       f'{step}: {reason}); move that folder away to start afresh, or fix the '
+                       'config if it no longer matches the run')
+    return state, 0, None
+
+  def _set_aside(self, steps):
+    """Moves damaged step folders out of the way, so the run can save those steps again."""
+    if jax.process_index() == 0:
+      aside = os.path.join(self.workdir, 'damaged_checkpoints')
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        source = os.path.join(self.directory, str(step))
+        if os.path.exists(source):
+          os.replace(source, os.path.join(aside, f'{step}.{int(time.time())}'))
+          logging.warning('Moved the damaged checkpoint of step %d to %s.', step, aside)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices('kdjax_damaged_checkpoints_moved')
+    self._manager.close()
+    self._manager = self._open()
+
+  def has(self, step):
+    return step in self._manager.all_steps()
+
+  def save(self, step, state, setup, pending_metrics=()):
     metadata = {
         'step': int(step),
         'config': json.loads(self._config.to_json_best_effort()),
@@ -83,13 +127,21 @@ class Manager:
         'teacher': setup.networks.teacher_source,
         'student_init': setup.networks.student_source,
         'packages': package_versions(),
+        # Train metrics since the last log line, so a run resumed here logs the same means.
+        'pending_metrics': list(pending_metrics),
     }
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(metadata)))
 
+  def latest_step(self):
+    return self._manager.latest_step()
+
   def close(self):
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for the saves in flight (they are asynchronous) and closes; idempotent."""
+    if self._manager is not None:
+      self._manager.wait_until_finished()
+      self._manager.close()
+      self._manager = None
 
 
 def latest_metadata(workdir):

@@ -39,6 +39,8 @@ def config_flags_parser(config_flag, *, require_workdir):
   def parse(argv):
     try:
       rest = flags.FLAGS(argv)
+      if not flags.FLAGS['config'].present:
+        fail('--config is required, e.g. --config=configs/kd_r32x4_r8x4.py')
       path = flags.FLAGS['config'].serialize().split('=', 1)[-1].split(':', 1)[0]
       if not path:
         fail('--config is required, e.g. --config=configs/kd_r32x4_r8x4.py')

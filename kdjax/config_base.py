@@ -64,6 +64,8 @@ def base_config():
   c.student = ml_collections.ConfigDict(dict(model='', checkpoint='', dtype='float32'))
   c.teacher = ml_collections.ConfigDict(dict(model='', checkpoint='', dtype='float32'))
   c.peer = ml_collections.ConfigDict(dict(model='', dtype='float32'))  # DML's second network
+  c.on_nonfinite = 'stop'       # a non-finite loss or gradient: 'stop' the run, or 'skip' the step
+  c.allow_config_change = False  # resume even if the config changed in a way that alters training
   c.export = 'student'          # the trainable network that export and teacher loading take
   c.losses = ml_collections.ConfigDict()
   return c

@@ -2,12 +2,14 @@ r"""The kdjax command line: train or distill one recipe.
 
   python -m kdjax.main --config=configs/<recipe>.py[:smoke] --workdir=DIR [--config.<key>=<value>]
 
-Re-running the same command on the same workdir resumes from the latest checkpoint.
+Re-running the same command on the same workdir resumes from the latest checkpoint. SIGTERM
+(preemption) and Ctrl-C save a checkpoint first and exit with 143 / 130.
 Multi-process: TPU pods and SLURM/MPI clusters are found automatically; elsewhere pass
 --coordinator_address=HOST:PORT --num_processes=N --process_id=I to every process.
 """
 
 import os
+import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # tf.data only feeds the input pipeline.
 
@@ -18,6 +20,7 @@ from ml_collections import config_flags  # noqa: E402
 from kdjax import cli  # noqa: E402
 from kdjax import logs  # noqa: E402
 from kdjax.errors import KdjaxError  # noqa: E402
+from kdjax.errors import Preempted  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Recipe file, e.g. configs/dkd_r32x4_r8x4.py[:smoke].', lock_config=True)
@@ -61,6 +64,9 @@ def main(argv):
   try:
     setup = train.build(_CONFIG.value)
     train.train_and_evaluate(_CONFIG.value, FLAGS.workdir, setup)
+  except Preempted as e:  # Saved: the same command resumes. 143 (SIGTERM) or 130 (Ctrl-C).
+    print(f'kdjax: {e}', file=sys.stderr)
+    sys.exit(train.STOP_EXIT_CODES.get(e.signum, 1))
   except KdjaxError as e:
     cli.fail(str(e))
 

@@ -13,7 +13,12 @@ Everything here is importable from a notebook: `train_and_evaluate(config, workd
 
 import dataclasses
 import functools
+import json
 import math
+import os
+import shutil
+import signal
+import threading
 import time
 from typing import Any
 
@@ -30,8 +35,10 @@ from kdjax import methods
 from kdjax import metrics as metrics_lib
 from kdjax import models
 from kdjax import taps as taps_lib
+from kdjax import workdir as workdir_lib
 from kdjax.data import input_pipeline
 from kdjax.errors import KdjaxError
+from kdjax.errors import Preempted
 
 # --------------------------------------------------------------------------------------------
 # 1. Mesh and sharding
@@ -75,6 +82,7 @@ class TrainState:
   params: Any        # {'student': ...}; with a peer (DML) also {'peer': ...}; {'connectors': ...}
   batch_stats: Any   # the same keys; a connector's entry holds all its non-param collections
   opt_state: Any
+  skipped: jax.Array  # updates skipped for a non-finite loss or gradient (on_nonfinite='skip')
 
 
 @dataclasses.dataclass
@@ -158,6 +166,12 @@ def _check_config(config):
   for key in ('log_every_steps', 'checkpoint_every_steps'):
     if config[key] <= 0:
       raise KdjaxError(f'{key} must be a positive number of steps, got {config[key]}')
+  if config.on_nonfinite not in ('stop', 'skip'):
+    raise KdjaxError(f"on_nonfinite must be 'stop' or 'skip', got '{config.on_nonfinite}'")
+  opt = config.optimizer
+  for key in ('learning_rate', 'weight_decay'):
+    if not math.isfinite(opt[key]) or opt[key] < 0:
+      raise KdjaxError(f'optimizer.{key} must be a finite number >= 0, got {opt[key]}')
   if config.export not in methods.TRAINABLE:
     raise KdjaxError(f"export must be one of {', '.join(methods.TRAINABLE)}, got "
                      f"'{config.export}'")
@@ -188,6 +202,19 @@ def _network(config, name, info, input_shape, tap_names):
   return model
 
 
+def _check_runs(model, variables, input_shape, network):
+  """Loaded weights must run on this input: one line at set-up instead of a trace later."""
+  try:
+    jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables,
+                   jax.ShapeDtypeStruct(input_shape, jnp.float32))
+  except KdjaxError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  Flax shape errors name the layer.
+    raise KdjaxError(f'the {network} weights do not run on {input_shape[1:]} inputs '
+                     f'({type(e).__name__}: {str(e).splitlines()[0][:200]}); check '
+                     f'input.image_size and {network}.model') from e
+
+
 def build_networks(config, data: Data, terms) -> Networks:
   """The student (and peer), the teacher with its loaded variables, and the tapped shapes."""
   input_shape = (1,) + data.info.image_shape
@@ -206,10 +233,12 @@ def build_networks(config, data: Data, terms) -> Networks:
     teacher_variables, source = checkpoint.load_teacher(
         config.teacher.checkpoint, teacher, input_shape, allow_random=config.smoke,
         seed=config.seed)
+    _check_runs(teacher, teacher_variables, input_shape, 'teacher')
   pretrained, student_source = {}, {'source': 'random-init'}
   if config.student.checkpoint:  # Fine-tuning and pretrained students start from weights.
     pretrained['student'], student_source = checkpoint.load_variables(
         config.student.checkpoint, trainable['student'], input_shape, network='student')
+    _check_runs(trainable['student'], pretrained['student'], input_shape, 'student')
   networks = {**trainable, 'teacher': teacher} if teacher is not None else trainable
   return Networks(
       trainable=trainable, teacher=teacher, teacher_variables=teacher_variables,
@@ -277,7 +306,7 @@ def init_state(setup: Setup, seed, pretrained=None) -> TrainState:
       params['connectors'][name] = variables.pop('params')
       batch_stats['connectors'][name] = variables  # batch_stats, and e.g. CRD's crd_memory
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=setup.tx.init(params))
+                    opt_state=setup.tx.init(params), skipped=jnp.zeros((), jnp.int32))
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,7 +397,9 @@ def make_train_step(setup: Setup):
 
   def step(state, teacher_variables, batch):
     images, labels = batch['image'], batch['label']
-    side = {k: v for k, v in batch.items() if k != 'image'}  # e.g. CRD's example index
+    # Any process asked to stop (SIGTERM, Ctrl-C): every process learns it from this step.
+    stop = jnp.max(batch['stop']) if 'stop' in batch else jnp.zeros((), jnp.int32)
+    side = {k: v for k, v in batch.items() if k not in ('image', 'stop')}  # CRD's index
     teacher = {}
     if networks.teacher is not None:
       teacher = {'teacher': teacher_forward(networks.teacher, teacher_variables, images,
@@ -392,9 +423,18 @@ def make_train_step(setup: Setup):
     (total, (values, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
-                              opt_state=opt_state)
-    metrics = {'loss': total, 'lr': setup.schedule(state.step)}
+    # A non-finite loss or gradient never reaches the state: the update is dropped (the loop
+    # then stops, or counts it with on_nonfinite='skip').
+    finite = jnp.isfinite(total)
+    for g in jax.tree.leaves(grads):
+      finite &= jnp.all(jnp.isfinite(g))
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    new_state = state.replace(
+        step=state.step + 1, params=keep(params, state.params),
+        batch_stats=keep(new_stats, state.batch_stats), opt_state=keep(opt_state, state.opt_state),
+        skipped=state.skipped + (~finite).astype(jnp.int32))
+    metrics = {'loss': total, 'lr': setup.schedule(state.step),
+               'nonfinite': (~finite).astype(jnp.int32), 'stop': stop}
     metrics.update({f'loss/{k}': v for k, v in values.items()})
     return new_state, metrics
 
@@ -463,24 +503,110 @@ def evaluate(eval_step, variables, teacher_variables, batches, mesh) -> dict:
 # 6. The loop
 # --------------------------------------------------------------------------------------------
 
+# Exit codes of a run stopped by a signal after saving (the shell's 128 + signal number).
+STOP_EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
+
+
+class StopSignals:
+  """SIGTERM (preemption: Cloud TPU maintenance, spot VMs, SLURM) and SIGINT (Ctrl-C) ask the
+  run to stop: the loop saves a checkpoint at the current step and raises `Preempted`. A
+  second signal stops at once, as without kdjax. Installed only in the main thread."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for signum in STOP_EXIT_CODES:
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received is not None:  # The second one: the default behaviour, now.
+      signal.signal(signum, signal.SIG_DFL)
+      signal.raise_signal(signum)
+      return
+    self.received = signum
+    logging.warning('Received %s: saving a checkpoint after this step, then stopping (send it '
+                    'again to stop at once).', signal.Signals(signum).name)
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
 
 def network_variables(state, name):
   return {'params': state.params[name], 'batch_stats': state.batch_stats[name]}
 
 
+def _check_resume(config, setup, metadata, workdir):
+  """Refuses a resume whose config changes the trajectory (unless allowed); logs the rest."""
+  now = json.loads(config.to_json_best_effort())
+  trajectory, harmless = workdir_lib.config_changes(metadata.get('config', {}), now)
+  saved_teacher = (metadata.get('teacher') or {}).get('sha256')
+  teacher = setup.networks.teacher_source.get('sha256')
+  if saved_teacher and teacher and saved_teacher != teacher:
+    trajectory.append(f'teacher weights: sha256 {saved_teacher[:12]}... -> {teacher[:12]}...')
+  if trajectory and not config.allow_config_change:
+    raise KdjaxError(f"the config differs from the one the run in '{workdir}' was started with "
+                     f"in a way that changes training: {'; '.join(trajectory)}; restore it, use "
+                     'another --workdir, or pass --config.allow_config_change=True')
+  for change in trajectory:
+    logging.warning('Resuming with a changed config (allow_config_change): %s', change)
+  for change in harmless:
+    logging.info('Resuming with a changed config: %s', change)
+
+
 def train_and_evaluate(config, workdir: str, setup: Setup | None = None, mesh=None) -> dict:
-  """Trains (or resumes) the recipe `config` in `workdir`; returns the final eval metrics."""
+  """Trains (or resumes) the recipe `config` in `workdir`; returns the final eval metrics.
+
+  One run per workdir (a lock). SIGTERM and Ctrl-C save a checkpoint and raise `Preempted`;
+  the same call resumes exactly. A non-finite loss or gradient stops the run (KdjaxError) and
+  is never saved, or with `on_nonfinite='skip'` the update is skipped and counted.
+  """
   setup = setup or build(config)
   mesh = mesh or make_mesh()
+  main_process = jax.process_index() == 0
+  created = not os.path.exists(workdir)
+  lock = workdir_lib.Lock(workdir) if main_process else None
+  if lock:
+    os.makedirs(workdir, exist_ok=True)
+    try:
+      lock.acquire()
+    except KdjaxError:
+      if created:
+        shutil.rmtree(workdir, ignore_errors=True)
+      raise
+  try:
+    return _train(config, workdir, setup, mesh, lock, created)
+  finally:
+    if lock:
+      lock.release()
+
+
+def _train(config, workdir, setup, mesh, lock, created):
   rep = replicated(mesh)
   num_processes = jax.process_count()
   local_batch = config.batch_size // num_processes
   eval_local_batch = (config.eval_batch_size or config.batch_size) // num_processes
+  total = setup.data.total_steps
 
-  # State: fresh, or restored from the workdir's latest checkpoint.
+  # State: fresh, or restored from the workdir's newest checkpoint that restores.
   state = create_state(setup, mesh, config.seed)
   manager = checkpoint.Manager(workdir, config)
-  state, start_step = manager.restore_or(state)
+  try:
+    state, start_step, metadata = manager.restore_or(state)
+    if start_step:
+      _check_resume(config, setup, metadata, workdir)
+  except KdjaxError:
+    manager.close()
+    if created and jax.process_index() == 0:  # A failed set-up leaves no trace behind.
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise
+  # Train metrics of the steps since the last log line, kept by a checkpoint saved in between.
+  pending = [] if not start_step else list(metadata.get('pending_metrics', []))
   teacher_variables = (jax.device_put(setup.networks.teacher_variables, rep)
                        if setup.networks.teacher_variables is not None else None)
   if start_step:
@@ -493,7 +619,8 @@ def train_and_evaluate(config, workdir: str, setup: Setup | None = None, mesh=No
 
   def run_eval(step, model_name, write=True):
     """Evaluates one network on the whole eval split and writes the eval line."""
-    batches = input_pipeline.eval_batches(config, setup.data.builder, local_batch_size=eval_local_batch)
+    batches = input_pipeline.eval_batches(config, setup.data.builder,
+                                          local_batch_size=eval_local_batch)
     if model_name == 'teacher':
       result = evaluate(jax.jit(make_eval_step(setup.networks.teacher), out_shardings=rep),
                         teacher_variables, None, batches, mesh)
@@ -509,43 +636,81 @@ def train_and_evaluate(config, workdir: str, setup: Setup | None = None, mesh=No
     results = {name: run_eval(step, name, write) for name in setup.networks.trainable}
     return results[config.export]
 
-  def finish(result):
+  def save(step):
+    if not manager.has(step):
+      manager.save(step, state, setup, pending_metrics=pending)
+
+  def check(step, metrics):
+    """Stops on a non-finite step (unless skipping); True when a process asked to stop."""
+    flags = jax.device_get({k: v for k, v in metrics.items() if k in ('nonfinite', 'stop')
+                            or k.startswith('loss')})
+    if flags['nonfinite'] and config.on_nonfinite != 'skip':
+      bad = [f'{k} {v:.4g}' for k, v in flags.items() if k.startswith('loss/')
+             and not np.isfinite(v)] or [f'loss {flags["loss"]:.4g} (a non-finite gradient)'
+                                         if np.isfinite(flags['loss']) else 'loss']
+      raise KdjaxError(f"non-finite value at step {step}: {', '.join(bad)}; the update was "
+                       f'dropped and nothing after step {manager.latest_step() or 0} was saved; '
+                       'check the learning rate and the terms\' hyperparameters, or set '
+                       '--config.on_nonfinite=skip to skip such steps')
+    return bool(flags['stop'])
+
+  result = {}
+  try:
+    if setup.networks.teacher is not None and start_step == 0:
+      run_eval(0, 'teacher')
+    if start_step >= total:
+      logging.info('The run in %s is already complete (step %d).', workdir, start_step)
+      return run_evals(start_step, write=False)  # Its eval lines are already written.
+
+    batches = input_pipeline.train_batches(config, setup.data.builder, start_step=start_step,
+                                           local_batch_size=local_batch,
+                                           steps_per_epoch=setup.data.steps_per_epoch,
+                                           unlabeled_builder=setup.data.unlabeled_builder)
+    eval_every = (max(1, round(config.eval_every_epochs * setup.data.steps_per_epoch))
+                  if config.eval_every_epochs > 0 else total)
+    progress = metrics_lib.Progress(total, start_step)
+    last_log = time.perf_counter()
+    step, previous, stop = start_step, None, False
+    with StopSignals() as signals:
+      while step < total:
+        local = next(batches)
+        local['stop'] = np.full(local['label'].shape, signals.received is not None, np.int32)
+        state, step_metrics = train_step(state, teacher_variables, global_batch(local, mesh))
+        step += 1
+        # The previous step's flags, read while this one runs (no stall in the pipeline).
+        if previous is not None:
+          stop = check(*previous) or stop
+        previous = (step, step_metrics)
+        pending.append(step_metrics)
+        at_log = step % config.log_every_steps == 0 or step == total
+        at_eval = step % eval_every == 0 or step == total
+        at_save = step % config.checkpoint_every_steps == 0 or step == total
+        if at_log or at_eval or at_save or stop:
+          stop = check(*previous) or stop
+          previous = None
+          pending = [{k: float(v) for k, v in m.items() if k not in ('nonfinite', 'stop')}
+                     for m in jax.device_get(pending)]
+        if at_log:
+          means = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
+          now = time.perf_counter()
+          means['examples_per_sec'] = len(pending) * config.batch_size / (now - last_log)
+          if config.on_nonfinite == 'skip':
+            means['skipped_updates'] = int(jax.device_get(state.skipped))
+          writer.write_train(step, means)
+          progress.log(step, means)
+          pending, last_log = [], now
+          if lock:
+            lock.heartbeat()
+        if at_eval:
+          eval_start = time.perf_counter()
+          result = run_evals(step)
+          last_log += time.perf_counter() - eval_start  # Keep eval time out of examples/s.
+        if at_save or stop:
+          save(step)
+        if stop:
+          manager.close()
+          raise Preempted(signals.received or signal.SIGTERM, step, workdir)
+    return result
+  finally:
     manager.close()
     writer.close()
-    return result
-
-  if setup.networks.teacher is not None and start_step == 0:
-    run_eval(0, 'teacher')
-  if start_step >= setup.data.total_steps:
-    logging.info('The run in %s is already complete (step %d).', workdir, start_step)
-    return finish(run_evals(start_step, write=False))  # Its eval lines are already written.
-
-  batches = input_pipeline.train_batches(config, setup.data.builder, start_step=start_step,
-                                         local_batch_size=local_batch,
-                                         steps_per_epoch=setup.data.steps_per_epoch,
-                                         unlabeled_builder=setup.data.unlabeled_builder)
-  eval_every = (max(1, round(config.eval_every_epochs * setup.data.steps_per_epoch))
-                if config.eval_every_epochs > 0 else setup.data.total_steps)
-  progress = metrics_lib.Progress(setup.data.total_steps, start_step)
-  pending, last_log = [], time.perf_counter()
-  result = {}
-  step = start_step
-  while step < setup.data.total_steps:
-    state, step_metrics = train_step(state, teacher_variables,
-                                     global_batch(next(batches), mesh))
-    step += 1
-    pending.append(step_metrics)
-    if step % config.log_every_steps == 0 or step == setup.data.total_steps:
-      means = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(pending))
-      now = time.perf_counter()
-      means['examples_per_sec'] = len(pending) * config.batch_size / (now - last_log)
-      writer.write_train(step, means)
-      progress.log(step, means)
-      pending, last_log = [], now
-    if step % eval_every == 0 or step == setup.data.total_steps:
-      eval_start = time.perf_counter()
-      result = run_evals(step)
-      last_log += time.perf_counter() - eval_start  # Keep eval time out of examples/s.
-    if step % config.checkpoint_every_steps == 0 or step == setup.data.total_steps:
-      manager.save(step, state, setup)
-  return finish(result)

@@ -113,6 +113,21 @@ def check_options(config, builder, unlabeled_builder):
   inp = config.input
   if inp.shard_by not in ('example', 'file'):
     raise KdjaxError(f"input.shard_by must be 'example' or 'file', got '{inp.shard_by}'")
+  if inp.image_size <= 0:
+    raise KdjaxError(f'input.image_size must be a positive number of pixels, got {inp.image_size}')
+  height, width, channels = builder.info.features['image'].shape
+  for key in ('mean', 'std'):
+    if channels and len(inp[key]) != channels:
+      raise KdjaxError(f'input.{key} has {len(inp[key])} values but {builder.name} images have '
+                       f'{channels} channel(s); give one value per channel')
+  if min(inp.std) <= 0:
+    raise KdjaxError(f'input.std must be positive, got {tuple(inp.std)}')
+  # Ops that keep the stored size: the images must already have the size the networks expect.
+  for key, op in (('train_augment', inp.train_augment), ('eval_preprocess', inp.eval_preprocess)):
+    if op == 'none' and height and (height, width) != (inp.image_size, inp.image_size):
+      raise KdjaxError(f'input.image_size={inp.image_size} but {builder.name} images stay '
+                       f"{height}x{width} with input.{key}='none'; set input.image_size={height} "
+                       'or choose an op that resizes')
   preprocess.train_op(inp.train_augment, image_size=inp.image_size)
   preprocess.eval_op(inp.eval_preprocess, image_size=inp.image_size,
                      resize_size=inp.eval_resize_size)

@@ -20,6 +20,7 @@ describes every registered method.
 """
 
 import dataclasses
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -181,6 +182,22 @@ class Term:
     return weight
 
 
+def _check_values(name, cfg):
+  """Values that would only fail (or silently produce NaN) later in training."""
+  def finite(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  if not finite(cfg['weight']):
+    raise KdjaxError(f"losses.{name}.weight must be a finite number, got {cfg['weight']}")
+  for _, weight in cfg.get('weight_schedule') or ():
+    if not finite(weight):
+      raise KdjaxError(f'losses.{name}.weight_schedule weights must be finite, got {weight}')
+  if (cfg.get('warmup_epochs') or 0) < 0:
+    raise KdjaxError(f"losses.{name}.warmup_epochs must be >= 0, got {cfg['warmup_epochs']}")
+  for key, value in cfg.items():
+    if 'temperature' in key and not (finite(value) and value > 0):
+      raise KdjaxError(f'losses.{name}.{key} must be a positive number, got {value}')
+
+
 def build_terms(losses_config, *, batch_size=None) -> list:
   """Turns `config.losses` into Terms, failing clearly on unknown methods or hyperparameters."""
   terms = []
@@ -198,6 +215,7 @@ def build_terms(losses_config, *, batch_size=None) -> list:
                        f'{method_name} takes {sorted(accepted)} plus {list(TERM_KEYS)}')
     if 'weight' not in cfg:
       raise KdjaxError(f'losses.{name}.weight is missing; every term needs a weight')
+    _check_values(name, cfg)
     pick = lambda defaults: {k: cfg.get(k, v) for k, v in defaults.items()}
     group_size = int(cfg.get('group_size', method.group_size) or 0)
     if group_size and batch_size and batch_size % group_size:
