@@ -113,6 +113,17 @@ class Manager:
     self._manager.close()
     self._manager = self._open()
 
+  def latest_metadata(self):
+    """(step, metadata) of the newest checkpoint whose metadata reads, or (None, None)."""
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            metadata=ocp.args.JsonRestore()))
+        return step, dict(restored.metadata)
+      except Exception:  # pylint: disable=broad-except  Damaged: restore_or sets it aside.
+        continue
+    return None, None
+
   def has(self, step):
     return step in self._manager.all_steps()
 

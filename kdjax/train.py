@@ -597,9 +597,11 @@ def _train(config, workdir, setup, mesh, lock, created):
   state = create_state(setup, mesh, config.seed)
   manager = checkpoint.Manager(workdir, config)
   try:
+    # The config is compared first: a changed model would not even restore.
+    saved_step, saved = manager.latest_metadata()
+    if saved_step:
+      _check_resume(config, setup, saved, workdir)
     state, start_step, metadata = manager.restore_or(state)
-    if start_step:
-      _check_resume(config, setup, metadata, workdir)
   except KdjaxError:
     manager.close()
     if created and jax.process_index() == 0:  # A failed set-up leaves no trace behind.
