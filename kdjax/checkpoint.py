@@ -305,7 +305,8 @@ def load_variables(path, model, input_shape, *, network):
     elif os.path.isdir(os.path.join(path, 'checkpoints')):
       variables, _ = restore_student(path)
     elif os.path.isfile(path):
-      variables = torch_import.load(path, model, input_shape)
+      variables = torch_import.load(path, model, input_shape,
+                                    config_key=f'{network}.checkpoint')
     else:
       raise KdjaxError(f"{network}.checkpoint '{path}' is neither a kdjax workdir (no "
                        f'checkpoints/), an export folder (no {EXPORT_METADATA}) nor a state '

@@ -44,6 +44,37 @@ def cifar100_mdistiller(arg, *, student, teacher=''):
   return c
 
 
+# mdistiller trains these CIFAR students with learning rate 0.01 instead of 0.05 (its DKD YAMLs
+# res32x4_shuv1, res32x4_shuv2, wrn40_2_shuv1, vgg13_mv2 and res50_mv2); every other student
+# gets 0.05.
+CIFAR_LOW_LR_STUDENTS = ('mobilenetv2_cifar', 'shufflev1', 'shufflev2')
+
+
+def cifar_pair(arg, method, *, teacher, student, **hparams):
+  """A CIFAR-100 teacher -> student pair on mdistiller's recipe (`cifar100_mdistiller`), with
+  its learning rate for the student (0.01 for `CIFAR_LOW_LR_STUDENTS`, else 0.05) and one of its
+  two logit losses at mdistiller's defaults (`mdistiller/engine/cfg.py`):
+
+    method 'kd':  0.1 * CE + 0.9 * KD(T=4)
+    method 'dkd': CE + min(epoch / 20, 1) * DKD(alpha=1, beta=8, T=4)
+
+  `hparams` override entries of the distillation term (e.g. `beta=2.0`, as a pair's YAML
+  does). Returns the config unlocked, for the recipe to lock."""
+  c = cifar100_mdistiller(arg, student=student, teacher=teacher)
+  if student in CIFAR_LOW_LR_STUDENTS:
+    c.optimizer.learning_rate = 0.01
+  if method == 'kd':
+    c.losses.ce = dict(weight=0.1)
+    c.losses.kd = dict(weight=0.9, temperature=4.0)
+  elif method == 'dkd':
+    c.losses.ce = dict(weight=1.0)
+    c.losses.dkd = dict(weight=1.0, warmup_epochs=20, alpha=1.0, beta=8.0, temperature=4.0)
+  else:
+    raise ValueError(f"cifar_pair: method must be 'kd' or 'dkd', not {method!r}")
+  c.losses[method].update(hparams)
+  return c
+
+
 def digits(arg, *, allowed=('smoke',)):
   """The embedded 8x8 digits (1,200 train / 597 held-out): Adam 1e-3, batch 64, 1,500 steps."""
   arg = config_base.parse_arg(arg, allowed=allowed)

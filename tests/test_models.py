@@ -105,7 +105,12 @@ def _get_path(tree, path):
 
 
 def test_registry_lists_every_model():
-  assert set(model_names()) == set(MODELS) == set(PARAM_COUNTS)
+  """Every registered model has its reference parameter count checked in one of the model
+  tests (here, test_models_cifar.py or kdjax.models.imagenet.PARAM_COUNTS)."""
+  import test_models_cifar  # pylint: disable=g-import-not-at-top
+  from kdjax.models import imagenet  # pylint: disable=g-import-not-at-top
+  counted = set(PARAM_COUNTS) | set(test_models_cifar.PARAM_COUNTS) | set(imagenet.PARAM_COUNTS)
+  assert set(model_names()) == set(MODELS) == counted
   assert model_names() == sorted(model_names())
 
 
@@ -129,10 +134,9 @@ def test_resnet18_taps_at_224():
   stage = {1: (56, 56, 64), 2: (28, 28, 128), 3: (14, 14, 256), 4: (7, 7, 512)}
   expected = {'stem': (112, 112, 64), 'pooled': (512,), 'logits': (1000,)}
   for i, s in stage.items():
-    expected[f'layer{i}'] = s
-    expected[f'layer{i}_pre'] = s
-    expected[f'block{2 * (i - 1)}'] = s
-    expected[f'block{2 * (i - 1) + 1}'] = s
+    for name in (f'layer{i}', f'layer{i}_pre', f'stage{i}', f'stage{i}_pre',
+                 f'block{2 * (i - 1)}', f'block{2 * (i - 1) + 1}'):
+      expected[name] = s
   assert shapes == expected
   assert logits.shape == (2, 1000)
 
@@ -151,11 +155,12 @@ def test_resnet8x4_taps_at_32():
   """resnet8x4: stem 32 ch at 32 px; stages 64, 128, 256 at 32, 16, 8 px."""
   logits, shapes = _tap_shapes(get_model('resnet8x4', num_classes=100), (2, 32, 32, 3))
   stage = {1: (32, 32, 64), 2: (16, 16, 128), 3: (8, 8, 256)}
-  expected = {'stem': (32, 32, 32), 'pooled': (256,), 'logits': (100,)}
+  expected = {'stem': (32, 32, 32), 'pooled': (256,), 'logits': (100,),
+              'stage1': (32, 32, 32), 'stage1_pre': (32, 32, 32)}  # three stages: stage1 = stem
   for i, s in stage.items():
-    expected[f'layer{i}'] = s
-    expected[f'layer{i}_pre'] = s
-    expected[f'block{i - 1}'] = s
+    for name in (f'layer{i}', f'layer{i}_pre', f'stage{i + 1}', f'stage{i + 1}_pre',
+                 f'block{i - 1}'):
+      expected[name] = s
   assert shapes == expected
   assert logits.shape == (2, 100)
 

@@ -19,6 +19,7 @@ from kdjax import losses
 from kdjax.layers import torch_dense
 from kdjax.losses._numerics import safe_norm
 from kdjax.methods.registry import Method
+from kdjax.methods.registry import features_per_example
 from kdjax.methods.registry import one_tap
 from kdjax.methods.registry import register
 
@@ -82,10 +83,9 @@ class CRDMemory(nn.Module):
 
 
 def _connector(ctx, student, teacher, *, dim, num_negatives, temperature, momentum):
-  size = lambda s: int(np.prod(s.shape[1:]))
   return CRDMemory(dim=dim, n_data=ctx.num_train_examples(), num_negatives=num_negatives,
                    temperature=temperature, momentum=momentum,
-                   student_features=size(student[0]), teacher_features=size(teacher[0]))
+                   student_features=features_per_example(student[0]), teacher_features=features_per_example(teacher[0]))
 
 
 CRD = register(Method(

@@ -8,11 +8,11 @@ from typing import NamedTuple
 
 import flax.linen as nn
 import jax
-import numpy as np
 
 from kdjax import losses
 from kdjax.layers import torch_dense
 from kdjax.methods.registry import Method
+from kdjax.methods.registry import features_per_example
 from kdjax.methods.registry import one_tap
 from kdjax.methods.registry import register
 
@@ -39,9 +39,8 @@ class ProjectorEnsemble(nn.Module):
 
 def _connector(ctx, student, teacher, *, num_projectors):
   del ctx
-  size = lambda s: int(np.prod(s.shape[1:]))
-  return ProjectorEnsemble(num_projectors=num_projectors, student_features=size(student[0]),
-                           teacher_features=size(teacher[0]))
+  return ProjectorEnsemble(num_projectors=num_projectors, student_features=features_per_example(student[0]),
+                           teacher_features=features_per_example(teacher[0]))
 
 
 PEFD = register(Method(

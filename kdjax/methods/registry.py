@@ -62,6 +62,11 @@ class BuildContext:
     return int(self.index_space())
 
 
+def features_per_example(shape) -> int:
+  """The size of one example of a tapped shape, flattened (what a Linear on it takes)."""
+  return math.prod(shape.shape[1:])
+
+
 def logits() -> dict:
   """`reads` of the logit methods: the student's and the teacher's logits."""
   return {'student': ('logits',), 'teacher': ('logits',)}

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 
 from kdjax.errors import KdjaxError
 from kdjax.models import cifar_resnet, resnet, small
+from kdjax.models.cifar import CIFAR_MODELS
+from kdjax.models.imagenet import IMAGENET_MODELS
 
 MODELS = {
     'resnet18': resnet.resnet18,
@@ -23,6 +25,8 @@ MODELS = {
     'mlp32': small.mlp32,
     'cnn4': small.cnn4,
 }
+MODELS.update(CIFAR_MODELS)
+MODELS.update(IMAGENET_MODELS)
 
 
 def model_names():

@@ -1,4 +1,4 @@
-"""torchvision-layout ResNet-18/34/50 in Flax Linen (NHWC).
+"""torchvision-layout ResNet-18/34/50/101 in Flax Linen (NHWC).
 
 Mirrors ``torchvision.models.resnet`` (v1.5: a bottleneck block strides on its 3x3
 conv): the same layers, paddings, initialisation (ALGORITHMS.md §1.9) and BatchNorm
@@ -9,7 +9,9 @@ one to one: torchvision ``layer1.0.conv1`` is our ``layer1/block0/conv1`` and
 Taps (§2.1) come from Flax intermediates: every module's ``__call__`` output when
 captured, plus three sown values: ``stem`` (relu(bn1(conv1(x))), before the max
 pool), each block's ``preact`` (the value before its final ReLU) and ``pooled``
-(global average pool, ``[B, C]``). ``tap_aliases()`` maps friendly names to paths.
+(global average pool, ``[B, C]``). ``tap_aliases()`` maps friendly names to paths; the
+ImageNet ResNets also answer to the zoo-wide ``stage1`` .. ``stage4`` (= ``layer1`` .. ``layer4``)
+and ``stage1_pre`` .. ``stage4_pre`` (= ``layer1_pre`` .. ``layer4_pre``).
 
 The block and stage here are shared with ``cifar_resnet``; layers and initialisers live in
 ``kdjax.layers``.
@@ -150,8 +152,14 @@ class ResNet(nn.Module):
     return x.astype(jnp.float32)
 
   def tap_aliases(self):
-    """Friendly tap names -> intermediates paths (ALGORITHMS.md §2.1)."""
-    return resnet_tap_aliases(self.stage_sizes)
+    """Friendly tap names -> intermediates paths (ALGORITHMS.md §2.1), plus the zoo-wide
+    ``stage1`` .. ``stage4`` (= ``layer1`` .. ``layer4``: strides 4, 8, 16, 32) and
+    ``stage1_pre`` .. ``stage4_pre`` (= ``layer1_pre`` .. ``layer4_pre``)."""
+    aliases = resnet_tap_aliases(self.stage_sizes)
+    for i in range(1, len(self.stage_sizes) + 1):
+      aliases[f'stage{i}'] = aliases[f'layer{i}']
+      aliases[f'stage{i}_pre'] = aliases[f'layer{i}_pre']
+    return aliases
 
   def bn_before_relu(self, i):
     """Params path of ``layer{i}[-1].bn2`` (``bn3`` for bottlenecks), i in 1..4."""
@@ -171,3 +179,8 @@ def resnet34(*, num_classes=1000, dtype=jnp.float32):
 def resnet50(*, num_classes=1000, dtype=jnp.float32):
   """ResNet-50 (Bottleneck v1.5, [3, 4, 6, 3]); 25,557,032 params at 1000 classes."""
   return ResNet((3, 4, 6, 3), Bottleneck, num_classes=num_classes, dtype=dtype)
+
+
+def resnet101(*, num_classes=1000, dtype=jnp.float32):
+  """ResNet-101 (Bottleneck v1.5, [3, 4, 23, 3]); 44,549,160 params at 1000 classes."""
+  return ResNet((3, 4, 23, 3), Bottleneck, num_classes=num_classes, dtype=dtype)

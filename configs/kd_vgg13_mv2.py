@@ -1,0 +1,25 @@
+r"""KD (Hinton et al. 2015), CIFAR-100, vgg13 -> mobilenetv2_cifar, mdistiller's recipe.
+
+  python -m kdjax.main --config=configs/kd_vgg13_mv2.py --workdir=/tmp/kd_vgg13_mv2 \
+      --config.teacher.checkpoint=/tmp/vgg13     # a kdjax workdir of configs/train_vgg13.py
+
+Hardware: one GPU (batch 64, 240 epochs). `:smoke` runs 8 steps on a CPU (needs cifar100 in
+data_dir; only smoke may use a random teacher).
+Optimizer: SGD at lr 0.01, which mdistiller uses for ShuffleNet and MobileNet-V2 students (0.05 for
+the others); otherwise `recipes.cifar100_mdistiller`.
+Loss: 0.1 * CE + 0.9 * KD(T=4) (docs/methods.md#kd). mdistiller has no KD YAML for this pair: loss
+and schedule follow its only CIFAR KD YAML, `configs/cifar100/kd.yaml` (resnet32x4 -> resnet8x4; the
+`engine/cfg.py` KD defaults), the learning rate its DKD YAML for this pair,
+`configs/cifar100/dkd/vgg13_mv2.yaml`.
+Expected top-1: 67.37 (mdistiller README, KD row, VGG13 -> MobileNet-V2; teacher 74.64, student
+alone 64.60 in the DKD paper's CIFAR-100 table of different-architecture pairs). Not yet reproduced
+with kdjax.
+"""
+
+from kdjax import config_base
+from kdjax import recipes
+
+
+def get_config(arg=None):
+  c = recipes.cifar_pair(arg, 'kd', teacher='vgg13', student='mobilenetv2_cifar')
+  return config_base.lock_config(c)

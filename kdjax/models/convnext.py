@@ -1,0 +1,128 @@
+"""ConvNeXt in Flax Linen, laid out like timm's ``ConvNeXt`` (``convnext_tiny``).
+
+A 4x4/4 patchify stem (conv + LayerNorm), four stages (stage 2..4 start with LayerNorm + a 2x2/2
+conv), blocks of 7x7 depthwise conv (bias) -> LayerNorm -> Linear 4x -> exact GELU -> Linear ->
+layer scale ``gamma`` -> + shortcut (timm's default ``conv_mlp=False`` path, channels-last), and
+timm's ``NormMlpClassifierHead``: global average pool -> LayerNorm -> Linear. Every LayerNorm has
+eps 1e-6 (timm's ``LayerNorm`` / ``LayerNorm2d``). Parameter names follow timm's state dict
+(``stages.1.downsample.1.weight`` is ``stages_1/downsample_1/kernel``).
+
+Input size: any height and width of at least 32 (the stem and the three downsamplings are
+unpadded, so a side is floored to a multiple of 32 as in timm); smaller raises KdjaxError.
+
+Taps (``tap_aliases()``): ``stage1`` .. ``stage4`` the stages' outputs as they are (NHWC,
+strides 4, 8, 16, 32); ``pooled`` the pooled and head-normed features (what ``head.fc`` reads);
+``logits``.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from kdjax.models import zoo_layers as zl
+
+LN_EPS = 1e-6
+
+
+def _conv(features, kernel, name, dtype, *, strides=1, padding=0, groups=1):
+  # timm's ConvNeXt init: trunc_normal_(std=.02) weights, zero biases.
+  return zl.conv2d(features, kernel, name, dtype, strides=strides, padding=padding,
+                   groups=groups, kernel_init=zl.trunc_normal_02,
+                   bias_init=nn.initializers.zeros)
+
+
+class ConvNeXtBlock(nn.Module):
+  """timm ``ConvNeXtBlock`` (channels-last MLP, layer scale)."""
+
+  dim: int
+  kernel_size: int = 7
+  mlp_ratio: float = 4.0
+  ls_init_value: float = 1e-6
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    shortcut = x
+    x = _conv(self.dim, self.kernel_size, 'conv_dw', self.dtype,
+              padding=self.kernel_size // 2, groups=self.dim)(x)
+    x = zl.layer_norm(LN_EPS, 'norm', self.dtype)(x)
+    x = zl.Mlp(int(self.mlp_ratio * self.dim), self.dim, self.dtype, name='mlp')(x)
+    gamma = self.param('gamma', nn.initializers.constant(self.ls_init_value), (self.dim,),
+                       jnp.float32)
+    return x * gamma.astype(self.dtype) + shortcut
+
+
+class ConvNeXtStage(nn.Module):
+  """timm ``ConvNeXtStage``: optional LayerNorm + 2x2/2 conv, then ``depth`` blocks."""
+
+  dim: int
+  depth: int
+  downsample: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    if self.downsample:
+      x = zl.layer_norm(LN_EPS, 'downsample_0', self.dtype)(x)
+      x = _conv(self.dim, 2, 'downsample_1', self.dtype, strides=2)(x)
+    for j in range(self.depth):
+      x = ConvNeXtBlock(self.dim, dtype=self.dtype, name=f'blocks_{j}')(x)
+    return x
+
+
+class NormMlpClassifierHead(nn.Module):
+  """timm ``NormMlpClassifierHead`` without hidden layer: (pooled) -> LayerNorm -> fc."""
+
+  num_classes: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = zl.layer_norm(LN_EPS, 'norm', self.dtype)(x)
+    self.sow('intermediates', 'pooled', x)
+    return zl.dense(self.num_classes, 'fc', self.dtype)(x)
+
+
+class ConvNeXt(nn.Module):
+  """ConvNeXt (timm ``ConvNeXt``, patch stem, channels-last blocks)."""
+
+  depths: Sequence[int] = (3, 3, 9, 3)
+  dims: Sequence[int] = (96, 192, 384, 768)
+  patch_size: int = 4
+  num_classes: int = 1000
+  dtype: Any = jnp.float32
+  arch: str = 'convnext'
+
+  torch_layout = 'timm'
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    minimum = self.patch_size * 2 ** (len(self.depths) - 1)
+    zl.check_min_size(x, minimum, self.arch,
+                      f'a {self.patch_size}x{self.patch_size} stem and '
+                      f'{len(self.depths) - 1} unpadded 2x2 downsamplings')
+    x = _conv(self.dims[0], self.patch_size, 'stem_0', self.dtype, strides=self.patch_size)(
+        x.astype(self.dtype))
+    x = zl.layer_norm(LN_EPS, 'stem_1', self.dtype)(x)
+    for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
+      x = ConvNeXtStage(dim, depth, downsample=i > 0, dtype=self.dtype, name=f'stages_{i}')(x)
+    x = jnp.mean(x, axis=(1, 2))
+    return NormMlpClassifierHead(self.num_classes, self.dtype, name='head')(x).astype(
+        jnp.float32)
+
+  def tap_aliases(self):
+    """Friendly tap names -> intermediates paths (see the module docstring)."""
+    aliases = {f'stage{i + 1}': f'stages_{i}' for i in range(len(self.depths))}
+    aliases.update(pooled='head/pooled', logits='head/fc')
+    return aliases
+
+
+def convnext_tiny(*, num_classes=1000, dtype=jnp.float32):
+  """ConvNeXt-T (timm): depths (3, 3, 9, 3), widths (96, 192, 384, 768)."""
+  return ConvNeXt((3, 3, 9, 3), (96, 192, 384, 768), num_classes=num_classes, dtype=dtype,
+                  arch='convnext_tiny')
+
+
+MODELS = {'convnext_tiny': convnext_tiny}
