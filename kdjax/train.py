@@ -671,7 +671,7 @@ def _train(config, workdir, setup, mesh, lock, created):
     eval_every = (max(1, round(config.eval_every_epochs * setup.data.steps_per_epoch))
                   if config.eval_every_epochs > 0 else total)
     progress = metrics_lib.Progress(total, start_step)
-    last_log = time.perf_counter()
+    last_log, timed_steps = time.perf_counter(), 0  # steps run here since the last log line
     step, previous, stop = start_step, None, False
     with StopSignals() as signals:
       while step < total:
@@ -679,6 +679,7 @@ def _train(config, workdir, setup, mesh, lock, created):
         local['stop'] = np.full(local['label'].shape, signals.received is not None, np.int32)
         state, step_metrics = train_step(state, teacher_variables, global_batch(local, mesh))
         step += 1
+        timed_steps += 1
         # The previous step's flags, read while this one runs (no stall in the pipeline).
         if previous is not None:
           stop = check(*previous) or stop
@@ -695,12 +696,12 @@ def _train(config, workdir, setup, mesh, lock, created):
         if at_log:
           means = {k: float(np.mean([m[k] for m in pending])) for k in pending[0]}
           now = time.perf_counter()
-          means['examples_per_sec'] = len(pending) * config.batch_size / (now - last_log)
+          means['examples_per_sec'] = timed_steps * config.batch_size / (now - last_log)
           if config.on_nonfinite == 'skip':
             means['skipped_updates'] = int(jax.device_get(state.skipped))
           writer.write_train(step, means)
           progress.log(step, means)
-          pending, last_log = [], now
+          pending, last_log, timed_steps = [], now, 0
           if lock:
             lock.heartbeat()
         if at_eval:
