@@ -1,9 +1,9 @@
 """Pretrained PyTorch weights: torchvision / timm / mdistiller state dicts -> kdjax variables.
 
-``teacher.checkpoint`` may name a state dict file of any ImageNet model in the zoo
-(``docs/models.md``): a torchvision or timm ResNet-18/34/50/101, a timm MobileNetV2/V3, ViT/DeiT,
-Swin-T, ConvNeXt-T, Mixer-B/16 or ResMLP-12, or mdistiller's ImageNet MobileNetV1 (DESIGN.md
-§3.2). kdjax's models mirror the reference's layers, paddings, norms and activations, so the
+``teacher.checkpoint`` and ``student.checkpoint`` may name a state dict file of any ImageNet
+model in the zoo (``docs/models.md``): a torchvision or timm ResNet-18/34/50/101, a timm
+MobileNetV2/V3, ViT/DeiT, Swin-T, ConvNeXt-T, Mixer-B/16 or ResMLP-12, or mdistiller's ImageNet
+MobileNetV1 (docs/design.md#teacher-checkpoints). kdjax's models mirror the reference's layers, paddings, norms and activations, so the
 weights carry over exactly: ``load(path, model, input_shape)`` gives the same logits as
 PyTorch's own forward pass on the same image (float32 max abs logit difference at most ~6e-6 x
 the logits' standard deviation for every model, in ``tests/test_torch_import.py`` and
