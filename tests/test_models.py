@@ -14,6 +14,7 @@ import pytest
 
 from kdjax.errors import KdjaxError
 from kdjax.models import MODELS, get_model, model_names
+from kdjax.models.common import param_count
 
 IMAGENET = ('resnet18', 'resnet34', 'resnet50')
 CIFAR = ('resnet20', 'resnet56', 'resnet110', 'resnet8x4', 'resnet32x4')
@@ -48,10 +49,6 @@ def _setup(name):
 def _init_shapes(model, shape):
   x = jax.ShapeDtypeStruct(shape, jnp.float32)
   return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), x)
-
-
-def _count(tree):
-  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
 
 
 def _resolve(intermediates, path):
@@ -119,7 +116,7 @@ def test_param_count_and_output_shape(name):
   num_classes, shape = _setup(name)
   model = get_model(name, num_classes=num_classes)
   variables = _init_shapes(model, shape)
-  assert _count(variables['params']) == PARAM_COUNTS[name]
+  assert param_count(variables['params']) == PARAM_COUNTS[name]
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
   logits = jax.eval_shape(
       lambda v, x: model.apply(v, x), variables, jax.ShapeDtypeStruct(shape, jnp.float32)
@@ -284,7 +281,8 @@ def test_digits_cnn_batchnorm_modes():
 
 
 def test_resnet20_init_matches_pytorch_recipe():
-  """§1.9: convs kaiming_normal fan_out; BN 1/0; fc like nn.Linear's default."""
+  """Initialisation (docs/design.md#initialisation): convs kaiming_normal fan_out; BN 1/0; fc
+  like nn.Linear's default."""
   model = get_model('resnet20', num_classes=100)
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
   params = variables['params']

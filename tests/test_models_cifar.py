@@ -21,6 +21,7 @@ from kdjax.errors import KdjaxError
 from kdjax.models import MODELS, get_model
 from kdjax.models import cifar_resnet, cifar_resnetv2, mobilenetv2_cifar, shufflenet, vgg, wrn
 from kdjax.models.cifar import CIFAR_MODELS
+from kdjax.models.common import param_count
 
 # sum(p.numel() for p in model.parameters()) of mdistiller's own PyTorch classes
 # (megvii-research/mdistiller, mdistiller/models/cifar/*.py, torch 2.14) at num_classes=100:
@@ -95,10 +96,6 @@ def _init_shapes(model, shape):
   return jax.eval_shape(lambda x: model.init(jax.random.key(0), x), _sds(shape))
 
 
-def _count(tree):
-  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
-
-
 def _get(tree, path):
   for part in path.split('/'):
     tree = tree[part]
@@ -116,7 +113,7 @@ def test_param_count_shapes_and_taps(name):
   """Reference parameter count; float32 logits [B, 100]; every common tap with its shape."""
   model = get_model(name, num_classes=100)
   variables = _init_shapes(model, (2, 32, 32, 3))
-  assert _count(variables['params']) == PARAM_COUNTS[name]
+  assert param_count(variables['params']) == PARAM_COUNTS[name]
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
 
   aliases = model.tap_aliases()

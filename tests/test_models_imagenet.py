@@ -18,7 +18,7 @@ from kdjax.errors import KdjaxError
 from kdjax.models import MODELS
 from kdjax.models import get_model
 from kdjax.models import imagenet
-from kdjax.models import zoo_layers
+from kdjax.models import common
 from kdjax.models.convnext import ConvNeXt
 from kdjax.models.mlp_mixer import MlpMixer
 from kdjax.models.mobilenet import MobileNetV1
@@ -103,7 +103,7 @@ def test_param_count_shapes_taps_and_torch_keys(name):
   model = get_model(name, num_classes=1000)
   x = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), x)
-  assert zoo_layers.param_count(variables['params']) == imagenet.PARAM_COUNTS[name]
+  assert common.param_count(variables['params']) == imagenet.PARAM_COUNTS[name]
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
   aliases = model.tap_aliases()
   names = ['stage1', 'stage2', 'stage3', 'stage4', 'pooled', 'logits']
@@ -141,9 +141,9 @@ def test_param_count_shapes_taps_and_torch_keys(name):
 
 
 def test_stage_taps_of_isotropic_models_are_quarter_depths():
-  assert zoo_layers.stage_blocks(12) == (2, 5, 8, 11)  # ViT-B: blocks 3, 6, 9, 12.
-  assert zoo_layers.stage_blocks(4) == (0, 1, 2, 3)
-  assert zoo_layers.stage_blocks(24) == (5, 11, 17, 23)
+  assert common.stage_blocks(12) == (2, 5, 8, 11)  # ViT-B: blocks 3, 6, 9, 12.
+  assert common.stage_blocks(4) == (0, 1, 2, 3)
+  assert common.stage_blocks(24) == (5, 11, 17, 23)
 
 
 def test_resnet_aliases_keep_old_names_and_add_stages():

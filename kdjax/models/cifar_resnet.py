@@ -26,9 +26,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from kdjax.layers import batch_norm
+from kdjax.layers import check_input
 from kdjax.layers import classifier
 from kdjax.layers import conv
-from kdjax.models.cifar_common import check_input
+from kdjax.models.common import global_pool
 from kdjax.models.resnet import BasicBlock
 from kdjax.models.resnet import Stage
 from kdjax.models.resnet import resnet_bn_before_relu
@@ -56,7 +57,8 @@ class CifarResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    check_input(x, 4, f'resnet{self.depth}' + ('x4' if self.num_filters[0] == 32 else ''))
+    name = f'resnet{self.depth}' + ('x4' if self.num_filters[0] == 32 else '')
+    check_input(x, name, minimum=4, why='it downsamples 4x')
     x = conv(self.num_filters[0], 3, 1, 1, 'conv1', self.dtype)(x)
     x = nn.relu(batch_norm(train, 'bn1', self.dtype)(x))
     self.sow('intermediates', 'stem', x)
@@ -69,13 +71,12 @@ class CifarResNet(nn.Module):
           dtype=self.dtype,
           name=f'layer{i + 1}',
       )(x, train)
-    x = jnp.mean(x, axis=(1, 2))
-    self.sow('intermediates', 'pooled', x)
+    x = global_pool(self, x)
     x = classifier(x, self.num_classes, self.dtype)
     return x.astype(jnp.float32)
 
   def tap_aliases(self):
-    """Friendly tap names -> intermediates paths (ALGORITHMS.md §2.1 names, §2.3 taps)."""
+    """Friendly tap names -> intermediates paths (docs/design.md#taps, docs/models.md)."""
     aliases = resnet_tap_aliases(self.stage_sizes)
     aliases.update(stage1='stem', stage1_pre='bn1')
     for i in range(1, 4):

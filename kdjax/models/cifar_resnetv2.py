@@ -26,9 +26,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from kdjax.layers import batch_norm
+from kdjax.layers import check_input
 from kdjax.layers import classifier
 from kdjax.layers import conv
-from kdjax.models.cifar_common import check_input
+from kdjax.models.common import global_pool
 from kdjax.models.resnet import Stage
 from kdjax.models.resnet import resnet_bn_before_relu
 from kdjax.models.resnet import resnet_tap_aliases
@@ -73,15 +74,14 @@ class CifarResNetV2(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    check_input(x, 8, 'resnet50_cifar')
+    check_input(x, 'resnet50_cifar', minimum=8, why='it downsamples 8x')
     x = conv(self.width, 3, 1, 1, 'conv1', self.dtype)(x)
     x = nn.relu(batch_norm(train, 'bn1', self.dtype)(x))
     self.sow('intermediates', 'stem', x)
     for i, n in enumerate(self.stage_sizes):
       x = Stage(CifarBottleneck, features=self.width * 2**i, num_blocks=n,
                 strides=1 if i == 0 else 2, dtype=self.dtype, name=f'layer{i + 1}')(x, train)
-    x = jnp.mean(x, axis=(1, 2))
-    self.sow('intermediates', 'pooled', x)
+    x = global_pool(self, x)
     x = classifier(x, self.num_classes, self.dtype, name='linear')
     return x.astype(jnp.float32)
 

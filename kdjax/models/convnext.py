@@ -20,16 +20,14 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from kdjax.models import zoo_layers as zl
+from kdjax.layers import Mlp
+from kdjax.layers import TIMM_INIT
+from kdjax.layers import check_input
+from kdjax.layers import layer_norm
+from kdjax.layers import torch_conv
+from kdjax.layers import torch_dense
 
 LN_EPS = 1e-6
-
-
-def _conv(features, kernel, name, dtype, *, strides=1, padding=0, groups=1):
-  # timm's ConvNeXt init: trunc_normal_(std=.02) weights, zero biases.
-  return zl.conv2d(features, kernel, name, dtype, strides=strides, padding=padding,
-                   groups=groups, kernel_init=zl.trunc_normal_02,
-                   bias_init=nn.initializers.zeros)
 
 
 class ConvNeXtBlock(nn.Module):
@@ -44,10 +42,10 @@ class ConvNeXtBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     shortcut = x
-    x = _conv(self.dim, self.kernel_size, 'conv_dw', self.dtype,
-              padding=self.kernel_size // 2, groups=self.dim)(x)
-    x = zl.layer_norm(LN_EPS, 'norm', self.dtype)(x)
-    x = zl.Mlp(int(self.mlp_ratio * self.dim), self.dim, self.dtype, name='mlp')(x)
+    x = torch_conv(self.dim, self.kernel_size, padding=self.kernel_size // 2, groups=self.dim,
+                   **TIMM_INIT, dtype=self.dtype, name='conv_dw')(x)
+    x = layer_norm(LN_EPS, 'norm', self.dtype)(x)
+    x = Mlp(int(self.mlp_ratio * self.dim), self.dim, self.dtype, name='mlp')(x)
     gamma = self.param('gamma', nn.initializers.constant(self.ls_init_value), (self.dim,),
                        jnp.float32)
     return x * gamma.astype(self.dtype) + shortcut
@@ -64,8 +62,8 @@ class ConvNeXtStage(nn.Module):
   @nn.compact
   def __call__(self, x):
     if self.downsample:
-      x = zl.layer_norm(LN_EPS, 'downsample_0', self.dtype)(x)
-      x = _conv(self.dim, 2, 'downsample_1', self.dtype, strides=2)(x)
+      x = layer_norm(LN_EPS, 'downsample_0', self.dtype)(x)
+      x = torch_conv(self.dim, 2, strides=2, **TIMM_INIT, dtype=self.dtype, name='downsample_1')(x)
     for j in range(self.depth):
       x = ConvNeXtBlock(self.dim, dtype=self.dtype, name=f'blocks_{j}')(x)
     return x
@@ -79,9 +77,9 @@ class NormMlpClassifierHead(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = zl.layer_norm(LN_EPS, 'norm', self.dtype)(x)
+    x = layer_norm(LN_EPS, 'norm', self.dtype)(x)
     self.sow('intermediates', 'pooled', x)
-    return zl.dense(self.num_classes, 'fc', self.dtype)(x)
+    return torch_dense(self.num_classes, **TIMM_INIT, dtype=self.dtype, name='fc')(x)
 
 
 class ConvNeXt(nn.Module):
@@ -100,12 +98,13 @@ class ConvNeXt(nn.Module):
   def __call__(self, x, train: bool = False):
     del train
     minimum = self.patch_size * 2 ** (len(self.depths) - 1)
-    zl.check_min_size(x, minimum, self.arch,
-                      f'a {self.patch_size}x{self.patch_size} stem and '
+    check_input(x, self.arch, minimum=minimum,
+                why=f'a {self.patch_size}x{self.patch_size} stem and '
                       f'{len(self.depths) - 1} unpadded 2x2 downsamplings')
-    x = _conv(self.dims[0], self.patch_size, 'stem_0', self.dtype, strides=self.patch_size)(
-        x.astype(self.dtype))
-    x = zl.layer_norm(LN_EPS, 'stem_1', self.dtype)(x)
+    # timm's ConvNeXt init: trunc_normal_(std=.02) weights, zero biases, convs included.
+    x = torch_conv(self.dims[0], self.patch_size, strides=self.patch_size, **TIMM_INIT,
+                   dtype=self.dtype, name='stem_0')(x.astype(self.dtype))
+    x = layer_norm(LN_EPS, 'stem_1', self.dtype)(x)
     for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
       x = ConvNeXtStage(dim, depth, downsample=i > 0, dtype=self.dtype, name=f'stages_{i}')(x)
     x = jnp.mean(x, axis=(1, 2))

@@ -28,7 +28,15 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from kdjax.models import zoo_layers as zl
+from kdjax.layers import Mlp
+from kdjax.layers import PatchEmbed
+from kdjax.layers import check_input
+from kdjax.layers import layer_norm
+from kdjax.layers import lecun_normal
+from kdjax.layers import torch_dense
+from kdjax.layers import xavier_uniform
+from kdjax.models.common import stage_blocks
+from kdjax.models.common import tokens_to_grid
 
 LN_EPS = 1e-6
 
@@ -61,11 +69,11 @@ class MixerBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     n = x.shape[1]
-    mlp = lambda hidden, out, name: zl.Mlp(hidden, out, self.dtype, zl.xavier_uniform,
+    mlp = lambda hidden, out, name: Mlp(hidden, out, self.dtype, xavier_uniform,
                                            _normal_1e6, name=name)
-    y = zl.layer_norm(LN_EPS, 'norm1', self.dtype)(x)
+    y = layer_norm(LN_EPS, 'norm1', self.dtype)(x)
     x = x + mlp(self.tokens_dim, n, 'mlp_tokens')(y.transpose(0, 2, 1)).transpose(0, 2, 1)
-    y = zl.layer_norm(LN_EPS, 'norm2', self.dtype)(x)
+    y = layer_norm(LN_EPS, 'norm2', self.dtype)(x)
     return x + mlp(self.channels_dim, self.dim, 'mlp_channels')(y)
 
 
@@ -83,28 +91,13 @@ class ResBlock(nn.Module):
     ls1 = self.param('ls1', nn.initializers.constant(self.init_values), (self.dim,), jnp.float32)
     ls2 = self.param('ls2', nn.initializers.constant(self.init_values), (self.dim,), jnp.float32)
     y = Affine(self.dim, self.dtype, name='norm1')(x)
-    y = zl.dense(n, 'linear_tokens', self.dtype, kernel_init=zl.xavier_uniform)(
-        y.transpose(0, 2, 1)).transpose(0, 2, 1)
+    y = torch_dense(n, kernel_init=xavier_uniform, bias_init=nn.initializers.zeros,
+                    dtype=self.dtype, name='linear_tokens')(y.transpose(0, 2, 1)).transpose(0, 2, 1)
     x = x + ls1.astype(self.dtype) * y
     y = Affine(self.dim, self.dtype, name='norm2')(x)
-    y = zl.Mlp(self.channels_dim, self.dim, self.dtype, zl.xavier_uniform, _normal_1e6,
+    y = Mlp(self.channels_dim, self.dim, self.dtype, xavier_uniform, _normal_1e6,
                name='mlp_channels')(y)
     return x + ls2.astype(self.dtype) * y
-
-
-class Stem(nn.Module):
-  """timm ``PatchEmbed`` (no norm): ``proj``, flattened to ``[B, N, D]``."""
-
-  patch_size: int
-  embed_dim: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    x = zl.conv2d(self.embed_dim, self.patch_size, 'proj', self.dtype, strides=self.patch_size,
-                  kernel_init=zl.lecun_normal, bias_init=nn.initializers.zeros)(x)
-    b, h, w, d = x.shape
-    return x.reshape(b, h * w, d), (h, w)
 
 
 class MlpMixer(nn.Module):
@@ -124,10 +117,11 @@ class MlpMixer(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train
-    zl.check_multiple(x, self.patch_size, self.arch, f'patch size {self.patch_size}')
-    x, grid = Stem(self.patch_size, self.embed_dim, self.dtype, name='stem')(x.astype(self.dtype))
+    check_input(x, self.arch, multiple=self.patch_size, why=f'patch size {self.patch_size}')
+    x, grid = PatchEmbed(self.patch_size, self.embed_dim, self.dtype, kernel_init=lecun_normal,
+                         bias_init=nn.initializers.zeros, name='stem')(x.astype(self.dtype))
     tokens_dim, channels_dim = (int(r * self.embed_dim) for r in self.mlp_ratio)
-    ends = zl.stage_blocks(self.num_blocks)
+    ends = stage_blocks(self.num_blocks)
     for i in range(self.num_blocks):
       if self.block == 'mixer':
         x = MixerBlock(self.embed_dim, tokens_dim, channels_dim, self.dtype,
@@ -135,17 +129,17 @@ class MlpMixer(nn.Module):
       else:
         x = ResBlock(self.embed_dim, channels_dim, dtype=self.dtype, name=f'blocks_{i}')(x)
       if i in ends:
-        self.sow('intermediates', f'stage{ends.index(i) + 1}', zl.tokens_to_grid(x, grid))
+        self.sow('intermediates', f'stage{ends.index(i) + 1}', tokens_to_grid(x, grid))
     self.sow('intermediates', 'tokens', x)
     if self.block == 'mixer':
-      x = zl.layer_norm(LN_EPS, 'norm', self.dtype)(x)
+      x = layer_norm(LN_EPS, 'norm', self.dtype)(x)
     else:
       x = Affine(self.embed_dim, self.dtype, name='norm')(x)
     pooled = jnp.mean(x, axis=1)
     self.sow('intermediates', 'pooled', pooled)
     # timm zero-initialises the head of Mixer/ResMLP.
-    logits = zl.dense(self.num_classes, 'head', self.dtype, kernel_init=nn.initializers.zeros)(
-        pooled)
+    logits = torch_dense(self.num_classes, kernel_init=nn.initializers.zeros,
+                         bias_init=nn.initializers.zeros, dtype=self.dtype, name='head')(pooled)
     return logits.astype(jnp.float32)
 
   def tap_aliases(self):

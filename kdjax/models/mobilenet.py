@@ -41,9 +41,11 @@ import jax
 import jax.numpy as jnp
 
 from kdjax.layers import batch_norm
+from kdjax.layers import check_input
 from kdjax.layers import classifier
-from kdjax.layers import linear_kernel_init
-from kdjax.models import zoo_layers as zl
+from kdjax.layers import torch_conv
+from kdjax.layers import torch_dense
+from kdjax.models.common import global_pool
 
 # ---------------------------------------------------------------------------------------------
 # mdistiller's ImageNet MobileNetV1.
@@ -52,14 +54,6 @@ from kdjax.models import zoo_layers as zl
 _V1_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),
               (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
 _V1_STAGES = (3, 5, 11, 13)  # mdistiller's feat1..feat4: the last block at strides 4..32.
-
-
-def _torch_conv(features, kernel, strides, groups, name, dtype):
-  """A bias-free nn.Conv2d with PyTorch's default init and padding k // 2."""
-  return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
-                 padding=((kernel // 2, kernel // 2),) * 2, feature_group_count=groups,
-                 use_bias=False, kernel_init=linear_kernel_init, dtype=dtype,
-                 param_dtype=jnp.float32, name=name)
 
 
 class MobileNetV1(nn.Module):
@@ -76,14 +70,17 @@ class MobileNetV1(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    zl.check_min_size(x, 1, self.arch, 'any size')
-    x = _torch_conv(self.stem_width, 3, 2, 1, 'model_0_0', self.dtype)(x.astype(self.dtype))
+    check_input(x, self.arch)
+    # Convs: PyTorch's default init, no bias, padding k // 2.
+    x = torch_conv(self.stem_width, 3, strides=2, padding=1, use_bias=False, dtype=self.dtype,
+                   name='model_0_0')(x.astype(self.dtype))
     x = nn.relu(batch_norm(train, 'model_0_1', self.dtype)(x))
     for k, (out, stride) in enumerate(self.blocks, start=1):
       c = x.shape[-1]
-      x = _torch_conv(c, 3, stride, c, f'model_{k}_0', self.dtype)(x)
+      x = torch_conv(c, 3, strides=stride, padding=1, groups=c, use_bias=False, dtype=self.dtype,
+                     name=f'model_{k}_0')(x)
       x = nn.relu(batch_norm(train, f'model_{k}_1', self.dtype)(x))
-      x = _torch_conv(out, 1, 1, 1, f'model_{k}_3', self.dtype)(x)
+      x = torch_conv(out, 1, use_bias=False, dtype=self.dtype, name=f'model_{k}_3')(x)
       x = batch_norm(train, f'model_{k}_4', self.dtype)(x)
       if k in self.stages:
         i = self.stages.index(k) + 1
@@ -91,8 +88,7 @@ class MobileNetV1(nn.Module):
       x = nn.relu(x)
       if k in self.stages:
         self.sow('intermediates', f'stage{i}', x)
-    x = jnp.mean(x, axis=(1, 2))
-    self.sow('intermediates', 'pooled', x)
+    x = global_pool(self, x)
     return classifier(x, self.num_classes, self.dtype).astype(jnp.float32)
 
   def tap_aliases(self):
@@ -167,11 +163,9 @@ def _goog_conv_init(groups):
 
 def _conv(features, kernel, strides, name, dtype, *, groups=1, use_bias=False):
   pad = ((strides - 1) + (kernel - 1)) // 2  # timm's static 'same'-like symmetric padding.
-  return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
-                 padding=((pad, pad), (pad, pad)), feature_group_count=groups,
-                 use_bias=use_bias, kernel_init=_goog_conv_init(groups),
-                 bias_init=nn.initializers.zeros, dtype=dtype, param_dtype=jnp.float32,
-                 name=name)
+  return torch_conv(features, kernel, strides=strides, padding=pad, groups=groups,
+                    use_bias=use_bias, kernel_init=_goog_conv_init(groups),
+                    bias_init=nn.initializers.zeros, dtype=dtype, name=name)
 
 
 class SqueezeExcite(nn.Module):
@@ -263,7 +257,7 @@ class MobileNetV3(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    zl.check_min_size(x, 1, self.arch, 'any size')
+    check_input(x, self.arch)
     x = _conv(self.stem_width, 3, 2, 'conv_stem', self.dtype)(x.astype(self.dtype))
     x = _ACTS[self.stem_act](batch_norm(train, 'bn1', self.dtype)(x))
     for i, stage in enumerate(self.table):
@@ -278,9 +272,8 @@ class MobileNetV3(nn.Module):
       x = _conv(self.head_width, 1, 1, 'conv_head', self.dtype, use_bias=True)(x)
       x = jax.nn.hard_swish(x).reshape(x.shape[0], -1)
     self.sow('intermediates', 'pooled', x)
-    logits = nn.Dense(self.num_classes, kernel_init=_goog_linear_init,
-                      bias_init=nn.initializers.zeros, dtype=self.dtype,
-                      param_dtype=jnp.float32, name='classifier')(x)
+    logits = torch_dense(self.num_classes, kernel_init=_goog_linear_init,
+                         bias_init=nn.initializers.zeros, dtype=self.dtype, name='classifier')(x)
     return logits.astype(jnp.float32)
 
   def tap_aliases(self):

@@ -34,10 +34,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from kdjax.layers import batch_norm
-from kdjax.models.cifar_common import check_input
-from kdjax.models.cifar_common import dense
-from kdjax.models.cifar_common import global_pool
-from kdjax.models.cifar_common import kaiming_conv
+from kdjax.layers import check_input
+from kdjax.layers import conv
+from kdjax.layers import torch_dense
+from kdjax.models.common import global_pool
 
 
 class ConvBNReLU(nn.Module):
@@ -50,8 +50,7 @@ class ConvBNReLU(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = kaiming_conv(self.features, self.kernel, self.strides, self.kernel // 2, 'conv',
-                     self.dtype)(x)
+    x = conv(self.features, self.kernel, self.strides, self.kernel // 2, 'conv', self.dtype)(x)
     return nn.relu(batch_norm(train, 'bn', self.dtype)(x))
 
 
@@ -66,11 +65,11 @@ class InvertedResidual(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     hidden = x.shape[-1] * self.expand_ratio
-    y = kaiming_conv(hidden, 1, 1, 0, 'pw_conv', self.dtype)(x)
+    y = conv(hidden, 1, 1, 0, 'pw_conv', self.dtype)(x)
     y = nn.relu(batch_norm(train, 'pw_bn', self.dtype)(y))
-    y = kaiming_conv(hidden, 3, self.strides, 1, 'dw_conv', self.dtype, groups=hidden)(y)
+    y = conv(hidden, 3, self.strides, 1, 'dw_conv', self.dtype, groups=hidden)(y)
     y = nn.relu(batch_norm(train, 'dw_bn', self.dtype)(y))
-    y = kaiming_conv(self.features, 1, 1, 0, 'pwl_conv', self.dtype)(y)
+    y = conv(self.features, 1, 1, 0, 'pwl_conv', self.dtype)(y)
     y = batch_norm(train, 'pwl_bn', self.dtype)(y)
     if self.strides == 1 and x.shape[-1] == self.features:
       return x + y
@@ -114,7 +113,7 @@ class MobileNetV2Cifar(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    check_input(x, 16, 'mobilenetv2_cifar')
+    check_input(x, 'mobilenetv2_cifar', minimum=16, why='it downsamples 16x')
     w = self.width_mult
     x = ConvBNReLU(int(32 * w), 3, 2, self.dtype, name='conv1')(x, train)
     depths = self.depths or [n for _, _, n, _ in _SETTING]
@@ -124,7 +123,8 @@ class MobileNetV2Cifar(nn.Module):
     last = self.last_channel or (int(1280 * w) if w > 1.0 else 1280)
     x = ConvBNReLU(last, 1, 1, self.dtype, name='conv2')(x, train)
     x = global_pool(self, x)
-    x = dense(x, self.num_classes, 'classifier', self.dtype, weight='normal001', bias='zero')
+    x = torch_dense(self.num_classes, kernel_init=nn.initializers.normal(0.01),
+                    bias_init=nn.initializers.zeros, dtype=self.dtype, name='classifier')(x)
     return x.astype(jnp.float32)
 
   def tap_aliases(self):

@@ -1,12 +1,12 @@
 """torchvision-layout ResNet-18/34/50/101 in Flax Linen (NHWC).
 
 Mirrors ``torchvision.models.resnet`` (v1.5: a bottleneck block strides on its 3x3
-conv): the same layers, paddings, initialisation (ALGORITHMS.md §1.9) and BatchNorm
-settings (§1.10), and module names that follow torchvision's so a state dict maps
-one to one: torchvision ``layer1.0.conv1`` is our ``layer1/block0/conv1`` and
+conv): the same layers, paddings, initialisation (docs/design.md#initialisation) and
+BatchNorm settings (docs/design.md#batchnorm), and module names that follow torchvision's so a
+state dict maps one to one: torchvision ``layer1.0.conv1`` is our ``layer1/block0/conv1`` and
 ``layer1.0.downsample.0/1`` is ``layer1/block0/downsample_conv/downsample_bn``.
 
-Taps (§2.1) come from Flax intermediates: every module's ``__call__`` output when
+Taps (docs/design.md#taps) come from Flax intermediates: every module's ``__call__`` output when
 captured, plus three sown values: ``stem`` (relu(bn1(conv1(x))), before the max
 pool), each block's ``preact`` (the value before its final ReLU) and ``pooled``
 (global average pool, ``[B, C]``). ``tap_aliases()`` maps friendly names to paths; the
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from kdjax.layers import batch_norm
 from kdjax.layers import classifier
 from kdjax.layers import conv
+from kdjax.models.common import global_pool
 
 
 class BasicBlock(nn.Module):
@@ -102,7 +103,7 @@ class Stage(nn.Module):
 
 
 def resnet_tap_aliases(stage_sizes):
-  """Friendly tap names (§2.1) -> intermediates paths, for stages of the given depths."""
+  """Friendly tap names -> intermediates paths, for stages of the given depths."""
   aliases = {'stem': 'stem'}
   j = 0
   for i, n in enumerate(stage_sizes, start=1):
@@ -146,13 +147,12 @@ class ResNet(nn.Module):
           dtype=self.dtype,
           name=f'layer{i + 1}',
       )(x, train)
-    x = jnp.mean(x, axis=(1, 2))
-    self.sow('intermediates', 'pooled', x)
+    x = global_pool(self, x)
     x = classifier(x, self.num_classes, self.dtype)
     return x.astype(jnp.float32)
 
   def tap_aliases(self):
-    """Friendly tap names -> intermediates paths (ALGORITHMS.md §2.1), plus the zoo-wide
+    """Friendly tap names -> intermediates paths (docs/design.md#taps), plus the zoo-wide
     ``stage1`` .. ``stage4`` (= ``layer1`` .. ``layer4``: strides 4, 8, 16, 32) and
     ``stage1_pre`` .. ``stage4_pre`` (= ``layer1_pre`` .. ``layer4_pre``)."""
     aliases = resnet_tap_aliases(self.stage_sizes)

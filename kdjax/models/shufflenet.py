@@ -38,21 +38,25 @@ the value before that stage's last ReLU: the stem's ``bn1``, the last block's ``
 ``bn_before_relu``. An input smaller than 8x8 is a KdjaxError at set-up.
 """
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from kdjax.layers import batch_norm
-from kdjax.models.cifar_common import channel_shuffle
-from kdjax.models.cifar_common import check_input
-from kdjax.models.cifar_common import default_conv
-from kdjax.models.cifar_common import dense
-from kdjax.models.cifar_common import global_pool
+from kdjax.layers import check_input
+from kdjax.layers import classifier
+from kdjax.layers import torch_conv
+from kdjax.models.common import channel_shuffle
+from kdjax.models.common import global_pool
+
+# The reference re-initialises nothing: PyTorch's default conv init, and no conv has a bias.
+_conv = functools.partial(torch_conv, use_bias=False)
 
 
 def _stem(module, x, train):
-  x = default_conv(24, 1, 1, 0, 'conv1', module.dtype)(x)
+  x = _conv(24, 1, dtype=module.dtype, name='conv1')(x)
   x = nn.relu(batch_norm(train, 'bn1', module.dtype)(x))
   module.sow('intermediates', 'stem', x)
   return x
@@ -85,12 +89,13 @@ class ShuffleV1Block(nn.Module):
   def __call__(self, x, train: bool = False):
     mid = int(self.features / 4)
     g = 1 if x.shape[-1] == 24 else self.groups
-    y = default_conv(mid, 1, 1, 0, 'conv1', self.dtype, groups=g)(x)
+    y = _conv(mid, 1, groups=g, dtype=self.dtype, name='conv1')(x)
     y = nn.relu(batch_norm(train, 'bn1', self.dtype)(y))
     y = channel_shuffle(y, g)
-    y = default_conv(mid, 3, self.strides, 1, 'conv2', self.dtype, groups=mid)(y)
+    y = _conv(mid, 3, strides=self.strides, padding=1, groups=mid, dtype=self.dtype,
+              name='conv2')(y)
     y = nn.relu(batch_norm(train, 'bn2', self.dtype)(y))
-    y = default_conv(self.features, 1, 1, 0, 'conv3', self.dtype, groups=self.groups)(y)
+    y = _conv(self.features, 1, groups=self.groups, dtype=self.dtype, name='conv3')(y)
     y = batch_norm(train, 'bn3', self.dtype)(y)
     if self.strides == 2:
       res = nn.avg_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
@@ -128,12 +133,12 @@ class ShuffleNetV1(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    check_input(x, 8, 'shufflev1')
+    check_input(x, 'shufflev1', minimum=8, why='it downsamples 8x')
     x = _stem(self, x, train)
     for i, (c, n) in enumerate(zip(self.out_planes, self.num_blocks), start=1):
       x = ShuffleV1Stage(c, n, self.groups, self.dtype, name=f'layer{i}')(x, train)
     x = global_pool(self, x)
-    x = dense(x, self.num_classes, 'linear', self.dtype)
+    x = classifier(x, self.num_classes, self.dtype, name='linear')
     return x.astype(jnp.float32)
 
   def tap_aliases(self):
@@ -157,11 +162,13 @@ class ShuffleV2DownBlock(nn.Module):
   def __call__(self, x, train: bool = False):
     cin, mid = x.shape[-1], self.features // 2
     bn = lambda name: batch_norm(train, name, self.dtype)
-    left = bn('bn1')(default_conv(cin, 3, 2, 1, 'conv1', self.dtype, groups=cin)(x))
-    left = nn.relu(bn('bn2')(default_conv(mid, 1, 1, 0, 'conv2', self.dtype)(left)))
-    right = nn.relu(bn('bn3')(default_conv(mid, 1, 1, 0, 'conv3', self.dtype)(x)))
-    right = bn('bn4')(default_conv(mid, 3, 2, 1, 'conv4', self.dtype, groups=mid)(right))
-    right = nn.relu(bn('bn5')(default_conv(mid, 1, 1, 0, 'conv5', self.dtype)(right)))
+    left = _conv(cin, 3, strides=2, padding=1, groups=cin, dtype=self.dtype, name='conv1')(x)
+    left = bn('bn1')(left)
+    left = nn.relu(bn('bn2')(_conv(mid, 1, dtype=self.dtype, name='conv2')(left)))
+    right = nn.relu(bn('bn3')(_conv(mid, 1, dtype=self.dtype, name='conv3')(x)))
+    right = _conv(mid, 3, strides=2, padding=1, groups=mid, dtype=self.dtype, name='conv4')(right)
+    right = bn('bn4')(right)
+    right = nn.relu(bn('bn5')(_conv(mid, 1, dtype=self.dtype, name='conv5')(right)))
     return channel_shuffle(jnp.concatenate([left, right], axis=-1), 2)
 
 
@@ -175,9 +182,9 @@ class ShuffleV2BasicBlock(nn.Module):
     c = int(x.shape[-1] * 0.5)
     x1, x2 = x[..., :c], x[..., c:]
     bn = lambda name: batch_norm(train, name, self.dtype)
-    y = nn.relu(bn('bn1')(default_conv(c, 1, 1, 0, 'conv1', self.dtype)(x2)))
-    y = bn('bn2')(default_conv(c, 3, 1, 1, 'conv2', self.dtype, groups=c)(y))
-    y = bn('bn3')(default_conv(c, 1, 1, 0, 'conv3', self.dtype)(y))
+    y = nn.relu(bn('bn1')(_conv(c, 1, dtype=self.dtype, name='conv1')(x2)))
+    y = bn('bn2')(_conv(c, 3, padding=1, groups=c, dtype=self.dtype, name='conv2')(y))
+    y = bn('bn3')(_conv(c, 1, dtype=self.dtype, name='conv3')(y))
     self.sow('intermediates', 'preact', jnp.concatenate([x1, y], axis=-1))
     return channel_shuffle(jnp.concatenate([x1, nn.relu(y)], axis=-1), 2)
 
@@ -205,15 +212,15 @@ class ShuffleNetV2(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    check_input(x, 8, 'shufflev2')
+    check_input(x, 'shufflev2', minimum=8, why='it downsamples 8x')
     x = _stem(self, x, train)
     for i, (c, n) in enumerate(zip(self.out_channels[:3], self.num_blocks), start=1):
       x = ShuffleV2Stage(c, n, self.dtype, name=f'layer{i}')(x, train)
-    x = default_conv(self.out_channels[3], 1, 1, 0, 'conv2', self.dtype)(x)
+    x = _conv(self.out_channels[3], 1, dtype=self.dtype, name='conv2')(x)
     x = nn.relu(batch_norm(train, 'bn2', self.dtype)(x))
     self.sow('intermediates', 'head', x)
     x = global_pool(self, x)
-    x = dense(x, self.num_classes, 'linear', self.dtype)
+    x = classifier(x, self.num_classes, self.dtype, name='linear')
     return x.astype(jnp.float32)
 
   def tap_aliases(self):

@@ -16,8 +16,9 @@ from kdjax.layers import batch_norm
 from kdjax.layers import classifier
 from kdjax.layers import conv
 from kdjax.layers import conv_kernel_init
-from kdjax.layers import linear_kernel_init
-from kdjax.layers import torch_bias_init
+from kdjax.layers import torch_conv
+from kdjax.layers import torch_dense
+from kdjax.models.common import global_pool
 
 _SMALL_ALIASES = {'pooled': 'pooled', 'logits': 'fc'}
 
@@ -33,8 +34,7 @@ class DigitsCNN(nn.Module):
     for i, (features, strides) in enumerate(((32, 1), (64, 2)), start=1):
       x = conv(features, 3, strides, 1, f'conv{i}', self.dtype)(x)
       x = nn.relu(batch_norm(train, f'bn{i}', self.dtype)(x))
-    x = jnp.mean(x, axis=(1, 2))
-    self.sow('intermediates', 'pooled', x)
+    x = global_pool(self, x)
     x = classifier(x, self.num_classes, self.dtype)
     return x.astype(jnp.float32)
 
@@ -52,14 +52,7 @@ class MLP32(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = x.reshape((x.shape[0], -1))
-    x = nn.Dense(
-        32,
-        kernel_init=linear_kernel_init,
-        bias_init=torch_bias_init(x.shape[-1]),
-        dtype=self.dtype,
-        param_dtype=jnp.float32,
-        name='fc1',
-    )(x)
+    x = torch_dense(32, in_features=x.shape[-1], dtype=self.dtype, name='fc1')(x)
     x = nn.relu(x)
     self.sow('intermediates', 'pooled', x)
     x = classifier(x, self.num_classes, self.dtype)
@@ -79,16 +72,8 @@ class CNN4(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     for i, strides in enumerate((1, 2), start=1):
-      x = nn.Conv(
-          4,
-          (3, 3),
-          strides=(strides, strides),
-          padding=((1, 1), (1, 1)),
-          kernel_init=conv_kernel_init,
-          dtype=self.dtype,
-          param_dtype=jnp.float32,
-          name=f'conv{i}',
-      )(x)
+      x = torch_conv(4, 3, strides=strides, padding=1, kernel_init=conv_kernel_init,
+                     bias_init=nn.initializers.zeros, dtype=self.dtype, name=f'conv{i}')(x)
       x = nn.relu(x)
     x = x.reshape((x.shape[0], -1))
     self.sow('intermediates', 'pooled', x)

@@ -26,7 +26,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from kdjax.models import zoo_layers as zl
+from kdjax.layers import Mlp
+from kdjax.layers import PatchEmbed
+from kdjax.layers import TIMM_INIT
+from kdjax.layers import attention
+from kdjax.layers import check_input
+from kdjax.layers import layer_norm
+from kdjax.layers import torch_dense
+from kdjax.layers import trunc_normal_02
 
 LN_EPS = 1e-5
 
@@ -77,7 +84,7 @@ class WindowAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask=None):
-    table = self.param('relative_position_bias_table', zl.trunc_normal_02,
+    table = self.param('relative_position_bias_table', trunc_normal_02,
                        ((2 * self.window - 1) ** 2, self.num_heads), jnp.float32)
     n = self.window * self.window
     bias = table[relative_position_index(self.window).reshape(-1)]
@@ -86,9 +93,9 @@ class WindowAttention(nn.Module):
       num_windows = mask.shape[0]
       bias = bias[None] + jnp.asarray(mask)[:, None]  # [nW, heads, N, N]
       bias = jnp.tile(bias, (x.shape[0] // num_windows, 1, 1, 1))
-    qkv = zl.dense(3 * self.dim, 'qkv', self.dtype)(x)
-    x = zl.attention(qkv, self.num_heads, self.dtype, bias)
-    return zl.dense(self.dim, 'proj', self.dtype)(x)
+    qkv = torch_dense(3 * self.dim, **TIMM_INIT, dtype=self.dtype, name='qkv')(x)
+    x = attention(qkv, self.num_heads, self.dtype, bias)
+    return torch_dense(self.dim, **TIMM_INIT, dtype=self.dtype, name='proj')(x)
 
 
 class SwinBlock(nn.Module):
@@ -104,7 +111,7 @@ class SwinBlock(nn.Module):
   @nn.compact
   def __call__(self, x):
     b, h, w, c = x.shape
-    y = zl.layer_norm(LN_EPS, 'norm1', self.dtype)(x)
+    y = layer_norm(LN_EPS, 'norm1', self.dtype)(x)
     mask = None
     if self.shift:
       y = jnp.roll(y, (-self.shift, -self.shift), axis=(1, 2))
@@ -115,8 +122,8 @@ class SwinBlock(nn.Module):
     if self.shift:
       y = jnp.roll(y, (self.shift, self.shift), axis=(1, 2))
     x = x + y
-    y = zl.layer_norm(LN_EPS, 'norm2', self.dtype)(x)
-    return x + zl.Mlp(int(c * self.mlp_ratio), c, self.dtype, name='mlp')(y)
+    y = layer_norm(LN_EPS, 'norm2', self.dtype)(x)
+    return x + Mlp(int(c * self.mlp_ratio), c, self.dtype, name='mlp')(y)
 
 
 class PatchMerging(nn.Module):
@@ -130,8 +137,9 @@ class PatchMerging(nn.Module):
     b, h, w, c = x.shape
     x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 4, 2, 5)
     x = x.reshape(b, h // 2, w // 2, 4 * c)
-    x = zl.layer_norm(LN_EPS, 'norm', self.dtype)(x)
-    return zl.dense(self.out_dim, 'reduction', self.dtype, use_bias=False)(x)
+    x = layer_norm(LN_EPS, 'norm', self.dtype)(x)
+    return torch_dense(self.out_dim, use_bias=False, **TIMM_INIT, dtype=self.dtype,
+                       name='reduction')(x)
 
 
 class SwinStage(nn.Module):
@@ -158,20 +166,6 @@ class SwinStage(nn.Module):
     return x
 
 
-class PatchEmbed(nn.Module):
-  """timm ``PatchEmbed`` with a norm, NHWC output."""
-
-  patch_size: int
-  embed_dim: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    x = zl.conv2d(self.embed_dim, self.patch_size, 'proj', self.dtype, strides=self.patch_size,
-                  in_features=x.shape[-1])(x)
-    return zl.layer_norm(LN_EPS, 'norm', self.dtype)(x)
-
-
 class Head(nn.Module):
   """timm ``ClassifierHead`` (average pool done by the caller): ``fc``."""
 
@@ -180,7 +174,7 @@ class Head(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return zl.dense(self.num_classes, 'fc', self.dtype)(x)
+    return torch_dense(self.num_classes, **TIMM_INIT, dtype=self.dtype, name='fc')(x)
 
 
 class SwinTransformer(nn.Module):
@@ -202,16 +196,16 @@ class SwinTransformer(nn.Module):
     """Raises KdjaxError unless every stage's patch grid is a multiple of the window."""
     num_stages = len(self.depths)
     multiple = self.patch_size * 2 ** (num_stages - 1) * self.window_size
-    zl.check_multiple(x, multiple, self.arch,
-                      f'patch {self.patch_size} x {2 ** (num_stages - 1)} (patch merging) x '
+    check_input(x, self.arch, multiple=multiple,
+                why=f'patch {self.patch_size} x {2 ** (num_stages - 1)} (patch merging) x '
                       f'window {self.window_size}: every stage\'s grid a multiple of the window')
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train
     self.check_input(x)
-    x = PatchEmbed(self.patch_size, self.embed_dim, self.dtype, name='patch_embed')(
-        x.astype(self.dtype))
+    x = PatchEmbed(self.patch_size, self.embed_dim, self.dtype, norm_eps=LN_EPS, flatten=False,
+                   name='patch_embed')(x.astype(self.dtype))
     for i, depth in enumerate(self.depths):
       x = SwinStage(self.embed_dim * 2**i, depth, self.num_heads[i], self.window_size,
                     downsample=i > 0, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
@@ -219,7 +213,7 @@ class SwinTransformer(nn.Module):
     b, h, w, c = x.shape
     tokens = x.reshape(b, h * w, c)
     self.sow('intermediates', 'tokens', tokens)
-    x = zl.layer_norm(LN_EPS, 'norm', self.dtype)(tokens)
+    x = layer_norm(LN_EPS, 'norm', self.dtype)(tokens)
     pooled = jnp.mean(x, axis=1)
     self.sow('intermediates', 'pooled', pooled)
     return Head(self.num_classes, self.dtype, name='head')(pooled).astype(jnp.float32)

@@ -32,10 +32,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from kdjax.layers import batch_norm
-from kdjax.models.cifar_common import check_input
-from kdjax.models.cifar_common import dense
-from kdjax.models.cifar_common import global_pool
-from kdjax.models.cifar_common import kaiming_conv
+from kdjax.layers import check_input
+from kdjax.layers import conv_kernel_init
+from kdjax.layers import torch_conv
+from kdjax.layers import torch_dense
+from kdjax.models.common import global_pool
 
 
 class VGGBlock(nn.Module):
@@ -49,7 +50,8 @@ class VGGBlock(nn.Module):
     for j, c in enumerate(self.features):
       if j:
         x = nn.relu(x)
-      x = kaiming_conv(c, 3, 1, 1, f'conv{j}', self.dtype, use_bias=True)(x)
+      x = torch_conv(c, 3, padding=1, kernel_init=conv_kernel_init,
+                     bias_init=nn.initializers.zeros, dtype=self.dtype, name=f'conv{j}')(x)
       x = batch_norm(train, f'bn{j}', self.dtype)(x)
     return x
 
@@ -64,7 +66,7 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    check_input(x, 8, self.model_name)
+    check_input(x, self.model_name, minimum=8, why='it downsamples 8x')
     h = x.shape[1]
     for i, widths in enumerate(self.cfg):
       x = nn.relu(VGGBlock(tuple(widths), self.dtype, name=f'block{i}')(x, train))
@@ -72,7 +74,8 @@ class VGG(nn.Module):
       if i < 3 or (i == 3 and h == 64):
         x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
     x = global_pool(self, x)
-    x = dense(x, self.num_classes, 'classifier', self.dtype, weight='normal001', bias='zero')
+    x = torch_dense(self.num_classes, kernel_init=nn.initializers.normal(0.01),
+                    bias_init=nn.initializers.zeros, dtype=self.dtype, name='classifier')(x)
     return x.astype(jnp.float32)
 
   def tap_aliases(self):

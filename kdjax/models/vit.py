@@ -31,25 +31,18 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from kdjax.models import zoo_layers as zl
+from kdjax.layers import Mlp
+from kdjax.layers import PatchEmbed
+from kdjax.layers import TIMM_INIT
+from kdjax.layers import attention
+from kdjax.layers import check_input
+from kdjax.layers import layer_norm
+from kdjax.layers import torch_dense
+from kdjax.layers import trunc_normal_02
+from kdjax.models.common import stage_blocks
+from kdjax.models.common import tokens_to_grid
 
 LN_EPS = 1e-6
-
-
-class PatchEmbed(nn.Module):
-  """timm ``PatchEmbed``: a stride-``patch`` conv, flattened to ``[B, N, D]``."""
-
-  patch_size: int
-  embed_dim: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    p = self.patch_size
-    x = zl.conv2d(self.embed_dim, p, 'proj', self.dtype, strides=p,
-                  in_features=x.shape[-1])(x)
-    b, h, w, d = x.shape
-    return x.reshape(b, h * w, d), (h, w)
 
 
 class Attention(nn.Module):
@@ -61,9 +54,9 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    qkv = zl.dense(3 * self.dim, 'qkv', self.dtype)(x)
-    x = zl.attention(qkv, self.num_heads, self.dtype)
-    return zl.dense(self.dim, 'proj', self.dtype)(x)
+    qkv = torch_dense(3 * self.dim, **TIMM_INIT, dtype=self.dtype, name='qkv')(x)
+    x = attention(qkv, self.num_heads, self.dtype)
+    return torch_dense(self.dim, **TIMM_INIT, dtype=self.dtype, name='proj')(x)
 
 
 class Block(nn.Module):
@@ -77,9 +70,9 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x):
     x = x + Attention(self.dim, self.num_heads, self.dtype, name='attn')(
-        zl.layer_norm(LN_EPS, 'norm1', self.dtype)(x))
-    y = zl.layer_norm(LN_EPS, 'norm2', self.dtype)(x)
-    return x + zl.Mlp(int(self.dim * self.mlp_ratio), self.dim, self.dtype, name='mlp')(y)
+        layer_norm(LN_EPS, 'norm1', self.dtype)(x))
+    y = layer_norm(LN_EPS, 'norm2', self.dtype)(x)
+    return x + Mlp(int(self.dim * self.mlp_ratio), self.dim, self.dtype, name='mlp')(y)
 
 
 class VisionTransformer(nn.Module):
@@ -99,26 +92,26 @@ class VisionTransformer(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     del train  # No BatchNorm, no dropout.
-    zl.check_multiple(x, self.patch_size, self.arch, f'patch size {self.patch_size}')
+    check_input(x, self.arch, multiple=self.patch_size, why=f'patch size {self.patch_size}')
     x = x.astype(self.dtype)
     tokens, grid = PatchEmbed(self.patch_size, self.embed_dim, self.dtype,
                               name='patch_embed')(x)
     b, n, d = tokens.shape
     cls_token = self.param('cls_token', nn.initializers.normal(1e-6), (1, 1, d), jnp.float32)
-    pos_embed = self.param('pos_embed', zl.trunc_normal_02, (1, n + 1, d), jnp.float32)
+    pos_embed = self.param('pos_embed', trunc_normal_02, (1, n + 1, d), jnp.float32)
     x = jnp.concatenate([jnp.broadcast_to(cls_token.astype(self.dtype), (b, 1, d)), tokens], 1)
     x = x + pos_embed.astype(self.dtype)
-    ends = zl.stage_blocks(self.depth)
+    ends = stage_blocks(self.depth)
     for i in range(self.depth):
       x = Block(self.embed_dim, self.num_heads, self.mlp_ratio, self.dtype,
                 name=f'blocks_{i}')(x)
       if i in ends:
-        self.sow('intermediates', f'stage{ends.index(i) + 1}', zl.tokens_to_grid(x, grid, 1))
+        self.sow('intermediates', f'stage{ends.index(i) + 1}', tokens_to_grid(x, grid, 1))
     self.sow('intermediates', 'tokens', x)
-    x = zl.layer_norm(LN_EPS, 'norm', self.dtype)(x)
+    x = layer_norm(LN_EPS, 'norm', self.dtype)(x)
     pooled = x[:, 0]
     self.sow('intermediates', 'pooled', pooled)
-    logits = zl.dense(self.num_classes, 'head', self.dtype)(pooled)
+    logits = torch_dense(self.num_classes, **TIMM_INIT, dtype=self.dtype, name='head')(pooled)
     return logits.astype(jnp.float32)
 
   def tap_aliases(self):

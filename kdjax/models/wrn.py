@@ -35,10 +35,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from kdjax.layers import batch_norm
-from kdjax.models.cifar_common import check_input
-from kdjax.models.cifar_common import dense
-from kdjax.models.cifar_common import global_pool
-from kdjax.models.cifar_common import kaiming_conv
+from kdjax.layers import check_input
+from kdjax.layers import conv
+from kdjax.layers import torch_dense
+from kdjax.models.common import global_pool
 
 
 class WRNBlock(nn.Module):
@@ -52,12 +52,12 @@ class WRNBlock(nn.Module):
   def __call__(self, x, train: bool = False):
     equal_in_out = x.shape[-1] == self.features
     o = nn.relu(batch_norm(train, 'bn1', self.dtype)(x))
-    y = kaiming_conv(self.features, 3, self.strides, 1, 'conv1', self.dtype)(o)
+    y = conv(self.features, 3, self.strides, 1, 'conv1', self.dtype)(o)
     y = nn.relu(batch_norm(train, 'bn2', self.dtype)(y))
-    y = kaiming_conv(self.features, 3, 1, 1, 'conv2', self.dtype)(y)
+    y = conv(self.features, 3, 1, 1, 'conv2', self.dtype)(y)
     if equal_in_out:
       return x + y
-    shortcut = kaiming_conv(self.features, 1, self.strides, 0, 'convShortcut', self.dtype)(o)
+    shortcut = conv(self.features, 1, self.strides, 0, 'convShortcut', self.dtype)(o)
     return shortcut + y
 
 
@@ -98,15 +98,16 @@ class WideResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    check_input(x, 4, f'wrn_{self.depth}_{self.widen_factor}')
-    x = kaiming_conv(self.channels[0], 3, 1, 1, 'conv1', self.dtype)(x)
+    check_input(x, f'wrn_{self.depth}_{self.widen_factor}', minimum=4, why='it downsamples 4x')
+    x = conv(self.channels[0], 3, 1, 1, 'conv1', self.dtype)(x)
     for k in range(1, 4):
       x = WRNStage(self.channels[k], self.num_blocks, 1 if k == 1 else 2, self.dtype,
                    name=f'block{k}')(x, train)
     x = nn.relu(batch_norm(train, 'bn1', self.dtype)(x))
     self.sow('intermediates', 'head', x)
     x = global_pool(self, x)
-    x = dense(x, self.num_classes, 'fc', self.dtype, bias='zero')
+    x = torch_dense(self.num_classes, bias_init=nn.initializers.zeros, dtype=self.dtype,
+                    name='fc')(x)
     return x.astype(jnp.float32)
 
   def tap_aliases(self):
