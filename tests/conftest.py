@@ -6,6 +6,14 @@ import sys
 
 import pytest
 
+# torchvision (and timm, which imports it) segfaults in its triton import when TensorFlow is
+# already loaded in the process; the parity tests use them, so they go first when installed.
+try:
+  import timm  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import torchvision  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+except ImportError:
+  pass
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
