@@ -12,13 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kdjax import taps
 from kdjax.errors import KdjaxError
 from kdjax.models import MODELS, get_model, model_names
 from kdjax.models.common import param_count
 
 IMAGENET = ('resnet18', 'resnet34', 'resnet50')
 CIFAR = ('resnet20', 'resnet56', 'resnet110', 'resnet8x4', 'resnet32x4')
-SMALL = ('digits_cnn', 'mlp32', 'cnn4')
+SMALL = ('digits_cnn', 'mlp32', 'cnn4', 'digits_vit', 'digits_mixer')
 
 # torchvision (ImageNet, 1000 classes) and mdistiller CIFAR ResNets (100 classes), as
 # reported by sum(p.numel() for p in model.parameters()) in PyTorch.
@@ -34,6 +35,9 @@ PARAM_COUNTS = {
     'digits_cnn': 19_562,
     'mlp32': 2_410,
     'cnn4': 838,
+    # kdjax's own digit-size token students (counted by hand: 4 timm blocks of width 16).
+    'digits_vit': 13_690,
+    'digits_mixer': 10_170,
 }
 
 
@@ -165,8 +169,31 @@ def test_resnet8x4_taps_at_32():
 @pytest.mark.parametrize('name, pooled', [('digits_cnn', 64), ('mlp32', 32), ('cnn4', 64)])
 def test_small_model_taps(name, pooled):
   logits, shapes = _tap_shapes(get_model(name, num_classes=10), (2, 8, 8, 1))
+  shapes = {k: v for k, v in shapes.items() if not k.startswith('stage')}
   assert shapes == {'pooled': (pooled,), 'logits': (10,)}
   assert logits.shape == (2, 10)
+
+
+def test_digits_cnn_stage_taps_are_its_conv_blocks():
+  model = get_model('digits_cnn', num_classes=10)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 1)), jnp.float32)
+  variables = model.init(jax.random.key(0), x)
+  _, feats, _ = taps.apply(model, variables, x, taps=['stage1', 'stage2'])
+  assert feats['stage1'].shape == (2, 8, 8, 32) and feats['stage2'].shape == (2, 4, 4, 64)
+  assert float(feats['stage2'].min()) >= 0  # after ReLU
+
+
+@pytest.mark.parametrize('name', ['digits_vit', 'digits_mixer'])
+def test_digit_token_students_have_the_zoo_taps(name):
+  model = get_model(name, num_classes=10)
+  x = jnp.zeros((2, 8, 8, 1), jnp.float32)
+  variables = model.init(jax.random.key(0), x)
+  _, feats, _ = taps.apply(model, variables, x,
+                           taps=['stage1', 'stage4', 'tokens', 'pooled', 'block3'])
+  assert feats['stage1'].shape == feats['stage4'].shape == (2, 4, 4, 16)
+  assert feats['tokens'].shape == ((2, 17, 16) if name == 'digits_vit' else (2, 16, 16))
+  assert feats['pooled'].shape == (2, 16)
+  np.testing.assert_array_equal(feats['tokens'], feats['block3'])
 
 
 def test_tap_aliases_paths():

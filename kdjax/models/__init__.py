@@ -24,6 +24,8 @@ MODELS = {
     'digits_cnn': small.digits_cnn,
     'mlp32': small.mlp32,
     'cnn4': small.cnn4,
+    'digits_vit': small.digits_vit,
+    'digits_mixer': small.digits_mixer,
 }
 MODELS.update(CIFAR_MODELS)
 MODELS.update(IMAGENET_MODELS)
