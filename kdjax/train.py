@@ -252,13 +252,17 @@ def build_objective(config, data: Data, networks: Networks, terms) -> Objective:
   index_space = None
   if config.input.add_index:
     index_space = lambda: input_pipeline.index_space(data.builder, config.input.train_split)
-  ctx = methods.BuildContext(teacher=networks.teacher,
-                             teacher_variables=networks.teacher_variables,
-                             index_space=index_space)
+  input_shape = (1,) + data.info.image_shape
+  by_name = {**networks.trainable, 'teacher': networks.teacher}
+  ctx = methods.BuildContext(
+      teacher=networks.teacher, teacher_variables=networks.teacher_variables,
+      index_space=index_space, student=networks.student,
+      shapes=lambda net, tap: tap_shapes(by_name[net], [tap], input_shape)[tap])
   terms = methods.with_constants(terms, ctx)
   connectors = {t.name: t.build_connector(ctx, networks.tap_shapes)
                 for t in terms if t.method.connector}
-  return Objective(terms=terms, connectors=connectors)
+  # A method may need no connector in some settings (OFA without stages).
+  return Objective(terms=terms, connectors={k: v for k, v in connectors.items() if v is not None})
 
 
 def build(config) -> Setup:
@@ -537,6 +541,19 @@ class StopSignals:
       signal.signal(signum, handler)
 
 
+def describe_parameters(state, setup) -> str:
+  """'student 11,689,512; connectors (trained, never exported): ofa 1,234; teacher ...'."""
+  count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+  parts = [f'{name} {count(state.params[name]):,}' for name in sorted(setup.networks.trainable)]
+  connectors = state.params.get('connectors', {})
+  if connectors:
+    parts.append('connectors (trained, never exported): ' + ', '.join(
+        f'{name} {count(tree):,}' for name, tree in sorted(connectors.items())))
+  if setup.networks.teacher_variables is not None:
+    parts.append(f"teacher {count(setup.networks.teacher_variables['params']):,} (frozen)")
+  return '; '.join(parts)
+
+
 def network_variables(state, name):
   return {'params': state.params[name], 'batch_stats': state.batch_stats[name]}
 
@@ -607,6 +624,7 @@ def _train(config, workdir, setup, mesh, lock, created):
     if created and jax.process_index() == 0:  # A failed set-up leaves no trace behind.
       shutil.rmtree(workdir, ignore_errors=True)
     raise
+  logging.info('Parameters: %s', describe_parameters(state, setup))
   # Train metrics of the steps since the last log line, kept by a checkpoint saved in between.
   pending = [] if not start_step else list(metadata.get('pending_metrics', []))
   teacher_variables = (jax.device_put(setup.networks.teacher_variables, rep)

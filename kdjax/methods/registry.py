@@ -52,7 +52,16 @@ class BuildContext:
   teacher: Any = None              # the teacher model, or None
   teacher_variables: Any = None    # its variables (host arrays), or None
   index_space: Callable | None = None  # () -> rows needed to index every training example
+  student: Any = None              # the student model (its family decides OFA's branches)
+  shapes: Callable | None = None   # (network, tap) -> ShapeDtypeStruct for a batch of 1
   term: str = ''                   # the term being built, for error messages
+  term_taps: dict = dataclasses.field(default_factory=dict)  # the term's `taps` values
+
+  def tap_shape(self, network: str, tap: str):
+    """The shape of any tap of `network` (read by the term or not), e.g. its `pooled` width."""
+    if self.shapes is None:
+      raise KdjaxError(f'losses.{self.term}: tap shapes are not available here')
+    return self.shapes(network, tap)
 
   def num_train_examples(self) -> int:
     """One row per training example (memory banks); needs `input.add_index`."""
@@ -161,7 +170,7 @@ class Term:
     """The method's connector module for tapped `shapes` ({network: {tap: shape}}), or None."""
     if self.method.connector is None:
       return None
-    ctx = dataclasses.replace(ctx, term=self.name)
+    ctx = dataclasses.replace(ctx, term=self.name, term_taps=self.taps)
     return self.method.connector(ctx, self.select(shapes, 'student'),
                                  self.select(shapes, 'teacher') if 'teacher' in shapes else (),
                                  **self.connector_hparams)
