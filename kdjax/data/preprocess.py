@@ -82,8 +82,7 @@ def _random_resized_crop_flip(image, seed, *, size, scale=(0.08, 1.0), ratio=(3 
                  tf.floor((img_h - h) / 2))
   left = tf.where(found, tf.floor(tf.random.stateless_uniform([], seeds[3]) * (img_w - w + 1)),
                   tf.floor((img_w - w) / 2))
-  crop = tf.slice(image, tf.cast(tf.stack([top, left, 0.0]), tf.int32),
-                  tf.cast(tf.stack([h, w, -1.0]), tf.int32))
+  crop = tf.image.crop_to_bounding_box(image, *[tf.cast(v, tf.int32) for v in (top, left, h, w)])
   crop = tf.image.resize(tf.cast(crop, tf.float32), [size, size], method='bicubic',
                          antialias=True)
   crop = tf.clip_by_value(tf.round(crop), 0.0, 255.0)
