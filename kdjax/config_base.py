@@ -19,10 +19,19 @@ def base_config():
   c.input = ml_collections.ConfigDict(dict(
       train_split='train', eval_split='test',
       image_size=8,
-      train_augment='none',         # none | crop | crop_flip | inception_crop_flip
+      # none | crop | crop_flip | inception_crop_flip (JPEG bytes) | random_resized_crop_flip
+      # (timm's RandomResizedCrop, bicubic, + flip, on decoded images: CIFAR at 224)
+      train_augment='none',
       crop_padding=4,               # crop, crop_flip: pad, then crop back (random shift)
-      eval_preprocess='none',       # none | resize_center_crop
+      # none | resize_center_crop (JPEG bytes, bilinear) | bicubic_resize_center_crop (timm's
+      # eval on decoded images): shorter side to eval_resize_size, centre crop image_size
+      eval_preprocess='none',
       eval_resize_size=256,
+      # Training only, after train_augment, in timm's order (DeiT / OFA-KD: 'rand-m9-mstd0.5-inc1'
+      # and 0.25): RandAugment on [0, 255] pixels as timm's config string, '' = off; then
+      # normalisation; then random erasing (timm's mode 'pixel') with this probability, 0 = off.
+      randaugment='',
+      random_erasing=0.0,
       mean=(0.5,), std=(0.5,),      # per channel, on [0, 1] pixels
       shuffle_buffer=10_000,
       num_labeled=0,                # > 0: only examples with id < num_labeled keep their label

@@ -139,9 +139,14 @@ def test_resume_yields_the_uninterrupted_batches(digits_dir, builder, reference_
   assert_batches_equal(resumed, reference_run[start_step:])
 
 
-def test_resume_with_augmentation_is_exact(digits_dir, builder):
+@pytest.mark.parametrize('augmentation', [
+    dict(train_augment='crop', crop_padding=1),
+    dict(train_augment='crop_flip', crop_padding=1, randaugment='rand-m9-mstd0.5-inc1',
+         random_erasing=0.25),  # DeiT's RandAugment and erasing
+])
+def test_resume_with_augmentation_is_exact(digits_dir, builder, augmentation):
   # The augmentation seed depends on (seed, epoch, position), not on where the run started.
-  config = digits_config(digits_dir, train_augment='crop', crop_padding=1)
+  config = digits_config(digits_dir, **augmentation)
   full = take(config, builder, 0, 7)
   resumed = take(config, builder, 3, 4)
   assert_batches_equal(resumed, full[3:7])
@@ -199,6 +204,21 @@ def test_crop_shifts_images_and_keeps_shape(digits_dir, builder, raw_digits):
   for i in range(BATCH):
     assert any(np.allclose(batch['image'][i], padded[i, dy:dy + 8, dx:dx + 8], atol=1e-6)
                for dy in range(3) for dx in range(3)), f'example {i} is not a 1-pixel shift'
+
+
+def test_randaugment_and_erasing_change_images_from_the_same_crops(digits_dir, builder):
+  """The new stages draw from their own seeds: the crop of each example stays the same, and
+  erasing (after normalisation) changes about its probability's share of the examples."""
+  base = dict(train_augment='crop_flip', crop_padding=1)
+  plain = take(digits_config(digits_dir, **base), builder, 0, 4)
+  erased = take(digits_config(digits_dir, **base, random_erasing=0.5), builder, 0, 4)
+  ra = take(digits_config(digits_dir, **base, randaugment='rand-m9-mstd0.5-inc1'), builder, 0, 1)
+  changed = np.concatenate([np.any(e['image'] != p['image'], axis=(1, 2, 3))
+                            for e, p in zip(erased, plain)])
+  assert abs(changed.mean() - 0.5) < 0.07, changed.mean()  # 1,024 examples: 4.5 sigma
+  for e, p in zip(erased, plain):
+    np.testing.assert_array_equal(e['id'], p['id'])
+  assert np.any(ra[0]['image'] != plain[0]['image'], axis=(1, 2, 3)).mean() > 0.5
 
 
 def test_no_augmentation_keeps_normalized_pixels(digits_dir, builder, raw_digits):

@@ -238,6 +238,8 @@ def test_config_changes_are_classified():
     ({'losses.kd.temperature': 0.0}, 'losses.kd.temperature must be a positive number'),
     ({'losses.kd.weight': float('nan')}, 'losses.kd.weight must be a finite number'),
     ({'on_nonfinite': 'ignore'}, "on_nonfinite must be 'stop' or 'skip'"),
+    ({'input.random_erasing': 1.5}, 'input.random_erasing is a probability, got 1.5'),
+    ({'input.randaugment': 'rand-m9-mstd0.5-inc'}, "bad or repeated section 'inc'"),
 ])
 def test_bad_values_fail_at_set_up(tmp_path, digits_data_dir, override, fragment):
   config, _ = conftest.load_recipe('digits_kd', 'smoke')

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from kdjax.data import augment
 from kdjax.data import preprocess
 from kdjax.data import uci_digits  # noqa: F401  (registers the embedded TFDS dataset)
 from kdjax.errors import KdjaxError
@@ -131,6 +132,19 @@ def check_options(config, builder, unlabeled_builder):
   preprocess.train_op(inp.train_augment, image_size=inp.image_size)
   preprocess.eval_op(inp.eval_preprocess, image_size=inp.image_size,
                      resize_size=inp.eval_resize_size)
+  if inp.eval_preprocess in ('resize_center_crop', 'bicubic_resize_center_crop') and (
+      inp.eval_resize_size < inp.image_size):
+    raise KdjaxError(f'input.eval_resize_size={inp.eval_resize_size} is smaller than '
+                     f'input.image_size={inp.image_size}: the centre crop would not fit; set '
+                     f'input.eval_resize_size >= {inp.image_size} (timm: image_size / 0.875)')
+  if inp.randaugment:
+    augment.parse_randaugment(inp.randaugment)
+    if channels not in (None, 1, 3):
+      raise KdjaxError(f'input.randaugment needs images with 1 or 3 channels; {builder.name} has '
+                       f"{channels}: set input.randaugment=''")
+  if not 0.0 <= inp.random_erasing <= 1.0:  # also rejects NaN
+    raise KdjaxError(f'input.random_erasing is a probability, got {inp.random_erasing}; set a '
+                     'value in [0, 1] (DeiT: 0.25, 0 = off)')
   if inp.num_labeled > 0 and not _has_integer_id(builder):
     raise KdjaxError(f"input.num_labeled needs an integer 'id' feature; {builder.name} has none")
   if unlabeled_builder is not None:
@@ -222,8 +236,7 @@ def _epochs(config, builder, split_name, *, start_step, batch, steps_per_epoch, 
             num_labeled):
   """Batches of one source, epoch after epoch; `num_labeled` -1 hides every label."""
   inp = config.input
-  augment = preprocess.train_op(inp.train_augment, image_size=inp.image_size,
-                               crop_padding=inp.crop_padding)
+  transform = preprocess.train_transform(inp)
   num_processes, index = jax.process_count(), jax.process_index()
   by_example = inp.shard_by == 'example' and num_processes > 1
   # 'example': every process reads the same globally shuffled stream and keeps its own rows of
@@ -242,8 +255,7 @@ def _epochs(config, builder, split_name, *, start_step, batch, steps_per_epoch, 
 
   def prepare(position, example, epoch_seed):
     seed = tf.stack([epoch_seed, tf.cast(position, tf.int64)])
-    image = preprocess.normalize(augment(example['image'], seed), inp.mean, inp.std)
-    out = {'image': image, 'label': _hide_labels(example, num_labeled)}
+    out = {'image': transform(example['image'], seed), 'label': _hide_labels(example, num_labeled)}
     if has_id:
       out['id'] = tf.cast(example['id'], tf.int32)
     if add_index:

@@ -4,8 +4,11 @@ Train ops take a stateless seed so that an example's augmentation depends only o
 (seed, epoch, position): a resumed run sees exactly the batches an uninterrupted run would.
 """
 
+import math
+
 import tensorflow as tf
 
+from kdjax.data import augment
 from kdjax.errors import KdjaxError
 
 
@@ -48,8 +51,61 @@ def _resize_center_crop(image_bytes, *, size, resize_size):
   return tf.image.crop_to_bounding_box(image, top, left, size, size)
 
 
-TRAIN_OPS = ('none', 'crop', 'crop_flip', 'inception_crop_flip')
-EVAL_OPS = ('none', 'resize_center_crop')
+def _random_resized_crop_flip(image, seed, *, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                              attempts=10):
+  """timm's RandomResizedCropAndInterpolation(size, scale, ratio, 'bicubic') and
+  RandomHorizontalFlip on a decoded image [H, W, C] (any size; CIFAR's 32x32 too).
+
+  Up to `attempts` tries of area ~ U(scale) * H W and aspect w / h ~ exp(U(log ratio)),
+  w = round(sqrt(area * aspect)), h = round(sqrt(area / aspect)); the first with w <= W and
+  h <= H is placed uniformly (top in 0..H - h, left in 0..W - w). If none fits, timm's
+  fallback: the centred crop of the whole image clamped to `ratio`. Then a bicubic resize to
+  size x size (antialiased when shrinking, as PIL), rounded and clipped to [0, 255] as PIL's
+  uint8 result, and a flip with probability 1/2. Returns float32 [size, size, C].
+  """
+  seeds = tf.random.experimental.stateless_split(seed, 5)
+  shape = tf.shape(image)
+  img_h, img_w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+  area = tf.random.stateless_uniform([attempts], seeds[0], *scale) * img_h * img_w
+  aspect = tf.exp(tf.random.stateless_uniform([attempts], seeds[1], math.log(ratio[0]),
+                                              math.log(ratio[1])))
+  ws, hs = tf.round(tf.sqrt(area * aspect)), tf.round(tf.sqrt(area / aspect))
+  fits = (ws <= img_w) & (hs <= img_h)
+  first = tf.argmax(tf.cast(fits, tf.int32))
+  in_ratio = img_w / img_h
+  fallback_w = tf.where(in_ratio > ratio[1], tf.round(img_h * ratio[1]), img_w)
+  fallback_h = tf.where(in_ratio < ratio[0], tf.round(img_w / ratio[0]), img_h)
+  found = tf.reduce_any(fits)
+  h = tf.maximum(tf.where(found, hs[first], fallback_h), 1.0)
+  w = tf.maximum(tf.where(found, ws[first], fallback_w), 1.0)
+  top = tf.where(found, tf.floor(tf.random.stateless_uniform([], seeds[2]) * (img_h - h + 1)),
+                 tf.floor((img_h - h) / 2))
+  left = tf.where(found, tf.floor(tf.random.stateless_uniform([], seeds[3]) * (img_w - w + 1)),
+                  tf.floor((img_w - w) / 2))
+  crop = tf.image.crop_to_bounding_box(image, *[tf.cast(v, tf.int32) for v in (top, left, h, w)])
+  crop = tf.image.resize(tf.cast(crop, tf.float32), [size, size], method='bicubic',
+                         antialias=True)
+  crop = tf.clip_by_value(tf.round(crop), 0.0, 255.0)
+  return tf.image.stateless_random_flip_left_right(crop, seed=seeds[4])
+
+
+def _bicubic_resize_center_crop(image, *, size, resize_size):
+  """timm's evaluation transform on a decoded image [H, W, C]: Resize(resize_size, bicubic)
+  (the shorter side becomes resize_size, the longer int(resize_size * long / short), as
+  torchvision) and CenterCrop(size) (offsets round((new - size) / 2)); rounded and clipped to
+  [0, 255] as PIL's uint8 result. Returns float32 [size, size, C]."""
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  short = tf.reduce_min(shape)
+  new_shape = tf.where(shape == short, float(resize_size), tf.floor(resize_size * shape / short))
+  new_shape = tf.cast(new_shape, tf.int32)
+  image = tf.image.resize(tf.cast(image, tf.float32), new_shape, method='bicubic', antialias=True)
+  top, left = tf.unstack(tf.cast(tf.round(tf.cast(new_shape - size, tf.float32) / 2), tf.int32))
+  image = tf.image.crop_to_bounding_box(image, top, left, size, size)
+  return tf.clip_by_value(tf.round(image), 0.0, 255.0)
+
+
+TRAIN_OPS = ('none', 'crop', 'crop_flip', 'inception_crop_flip', 'random_resized_crop_flip')
+EVAL_OPS = ('none', 'resize_center_crop', 'bicubic_resize_center_crop')
 
 
 def train_op(name, *, image_size, crop_padding=4):
@@ -64,6 +120,8 @@ def train_op(name, *, image_size, crop_padding=4):
         _random_crop_flip(image, seed, size=image_size, pad=crop_padding), tf.float32)
   if name == 'inception_crop_flip':
     return lambda image, seed: _inception_crop_flip(image, seed, size=image_size)
+  if name == 'random_resized_crop_flip':
+    return lambda image, seed: _random_resized_crop_flip(image, seed, size=image_size)
   raise KdjaxError(f"unknown train augmentation '{name}' (input.train_augment); "
                    f'valid: {", ".join(TRAIN_OPS)}')
 
@@ -74,15 +132,45 @@ def eval_op(name, *, image_size, resize_size):
     return lambda image: tf.cast(image, tf.float32)
   if name == 'resize_center_crop':
     return lambda image: _resize_center_crop(image, size=image_size, resize_size=resize_size)
+  if name == 'bicubic_resize_center_crop':
+    return lambda image: _bicubic_resize_center_crop(image, size=image_size,
+                                                     resize_size=resize_size)
   raise KdjaxError(f"unknown eval preprocessing '{name}' (input.eval_preprocess); "
                    f'valid: {", ".join(EVAL_OPS)}')
 
 
 def needs_encoded_images(*op_names):
-  """The fused-decode ops read the JPEG bytes; the others take decoded images."""
+  """The fused-decode ops read the JPEG bytes; the others (random_resized_crop_flip and
+  bicubic_resize_center_crop included) take decoded images, from any dataset."""
   return any(n in ('inception_crop_flip', 'resize_center_crop') for n in op_names)
 
 
 def normalize(image, mean, std):
   """(image / 255 - mean) / std, per channel."""
   return (image / 255.0 - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def train_transform(inp):
+  """f(image, seed) -> normalised float32 [S, S, C] for the input.* keys: the train op
+  (`train_augment`), RandAugment (`randaugment`, on [0, 255] values), normalisation, random
+  erasing (`random_erasing`, on normalised values), in timm's order.
+
+  The new stages draw from seeds folded from the example's seed (fold_in 1 and 2), so the
+  crop op sees the same seed as before and turning them off gives the batches of before.
+  """
+  crop = train_op(inp.train_augment, image_size=inp.image_size, crop_padding=inp.crop_padding)
+  spec = augment.parse_randaugment(inp.randaugment) if inp.randaugment else None
+  fill = augment.fill_value(inp.mean)
+  erase = float(inp.random_erasing)
+
+  def transform(image, seed):
+    image = crop(image, seed)
+    if spec is not None:
+      image = augment.rand_augment(image, tf.random.experimental.stateless_fold_in(seed, 1),
+                                   spec, fill)
+    image = normalize(image, inp.mean, inp.std)
+    if erase > 0:
+      image = augment.random_erasing(image, tf.random.experimental.stateless_fold_in(seed, 2),
+                                     probability=erase)
+    return image
+  return transform
