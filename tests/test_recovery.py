@@ -225,6 +225,16 @@ def test_config_changes_are_classified():
   assert 'num_epochs: 10 -> 20' in trajectory  # the cosine schedule follows the run's length
 
 
+def test_a_key_added_since_the_run_started_is_no_change_at_its_default():
+  # A run saved before kdjax had input.random_erasing resumes; a non-default value is a change.
+  saved = {'seed': 0, 'input': {'image_size': 8}}
+  at_default = {'seed': 0, 'input': {'image_size': 8, 'random_erasing': 0.0}}
+  assert workdir_lib.config_changes(saved, at_default) == ([], [])
+  changed = {'seed': 0, 'input': {'image_size': 8, 'random_erasing': 0.25}}
+  assert workdir_lib.config_changes(saved, changed)[0] == [
+      'input.random_erasing: "<absent>" -> 0.25']
+
+
 # --------------------------------------------------------------------------------------------
 # Bad values: one KdjaxError at set-up, before anything is written.
 # --------------------------------------------------------------------------------------------
