@@ -145,3 +145,79 @@ def imagenet_peers(arg):
   c.losses.ce_peer = dict(method='ce', weight=1.0, network='peer')
   c.losses.dml = dict(weight=1.0)
   return c, arg
+
+
+# OFA-KD (Hao et al. NeurIPS 2023): its four training settings (Hao840/OFAKD configs/*.yaml,
+# global batch = 8 GPUs x the per-GPU batch there, lr as given: OFAKD does not rescale it).
+TOKEN_STUDENTS = ('deit_tiny_patch16_224', 'deit_small_patch16_224', 'vit_small_patch16_224',
+                  'vit_base_patch16_224', 'swin_tiny_patch4_window7_224', 'mixer_b16_224',
+                  'resmlp_12_224')
+# OFAKD taps ViT / Mixer / ResMLP students after blocks 1, 3, 9, 11 (0-based), class token kept.
+OFA_BLOCK_TAPS = ('block1', 'block3', 'block9', 'block11')
+
+
+def ofa_pair(arg, *, dataset, teacher, student, eps):
+  """OFA-KD on ImageNet or CIFAR-100 ('imagenet2012' | 'cifar100'), with OFAKD's recipe for the
+  student's kind. Returns the config unlocked, for the recipe to lock.
+
+    CNN student, ImageNet: SGD 0.1 at batch 512, 100 epochs, x0.1 every 30 (warm-up 3 epochs
+      from 1e-4), weight decay 1e-4; Inception crop + flip.
+    CNN student, CIFAR-100: SGD 0.05 at batch 1024, 300 epochs cosine to 1e-3 (warm-up 3 from
+      1e-4), weight decay 2e-3; branch weight 0.1 (the author's setting for CNN students).
+    ViT / MLP student: AdamW 5e-4 at batch 1024, weight decay 0.05, 300 epochs cosine to 1e-6
+      (ImageNet) / 1e-5 (CIFAR), warm-up 20 epochs from 5e-7, gradient clipping 5,
+      RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, mixup 0.8 / cutmix 1.0; an EMA of
+      the weights (0.99996) on ImageNet.
+  Always: CE with label smoothing 0.1 + OFA(eps, T=1) on stages 1-4 and the logits. CIFAR-100
+  images are upsampled to 224 as OFAKD's timm transforms do (random-resized crop for training;
+  resize 256 + centre crop 224 for evaluation). `smoke`: 4 steps of batch 8 at 64x64 (224 when a
+  Swin needs it)."""
+  arg = config_base.parse_arg(arg)
+  token_student = student in TOKEN_STUDENTS
+  if dataset == 'imagenet2012':
+    c, _ = imagenet(arg)
+    c.input.train_augment = 'inception_crop_flip'
+  elif dataset == 'cifar100':
+    c = cifar100_mdistiller(arg, student=student, teacher=teacher)
+    c.input.update(image_size=224, train_augment='random_resized_crop_flip',
+                   eval_preprocess='bicubic_resize_center_crop', eval_resize_size=256)
+  else:
+    raise ValueError(f'ofa_pair: dataset must be imagenet2012 or cifar100, not {dataset!r}')
+  c.student.model, c.teacher.model = student, teacher
+  c.optimizer.update(lr_base_batch_size=0, warmup_learning_rate=1e-4)
+  c.losses.ce = dict(weight=1.0, label_smoothing=0.1)
+  c.losses.ofa = dict(weight=1.0, eps=eps, temperature=1.0)
+  if token_student and 'swin' not in student:
+    c.losses.ofa.student_taps = OFA_BLOCK_TAPS
+  if token_student:
+    c.batch_size = 1024
+    c.num_epochs = 300
+    c.optimizer.update(name='adamw', learning_rate=5e-4, weight_decay=0.05, b1=0.9, b2=0.999,
+                       eps=1e-8, schedule='cosine', warmup_epochs=20, warmup_learning_rate=5e-7,
+                       min_learning_rate=1e-6 if dataset == 'imagenet2012' else 1e-5,
+                       clip_grad_norm=5.0, decay_epochs=())
+    c.input.update(randaugment='rand-m9-mstd0.5-inc1', random_erasing=0.25)
+    if dataset == 'cifar100':  # DeiT's interpolation and eval resize for every token student
+      c.input.train_augment = 'random_resized_crop_flip'
+    c.mixup.update(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5)
+    if dataset == 'imagenet2012':
+      c.ema.decay = 0.99996
+  elif dataset == 'imagenet2012':
+    c.batch_size = 512
+    c.optimizer.update(name='sgd', learning_rate=0.1, momentum=0.9, weight_decay=1e-4,
+                       schedule='step', decay_epochs=(30, 60, 90), warmup_epochs=3)
+  else:
+    c.batch_size = 1024
+    c.num_epochs = 300
+    c.optimizer.update(name='sgd', learning_rate=0.05, momentum=0.9, weight_decay=2e-3,
+                       schedule='cosine', decay_epochs=(), warmup_epochs=3,
+                       min_learning_rate=1e-3)
+    c.losses.ofa.branch_weight = 0.1
+  if arg == 'smoke':
+    c.batch_size = c.eval_batch_size = 8
+    c.num_train_steps = 4
+    c.log_every_steps = c.checkpoint_every_steps = 2
+    swin = 'swin' in teacher or 'swin' in student
+    c.input.update(image_size=224 if swin else 64, eval_resize_size=256 if swin else 73,
+                   shuffle_buffer=64)
+  return c

@@ -81,15 +81,27 @@ def test_term_is_the_ofa_loss_on_every_branch_and_on_the_logits():
   x = _inputs(np.random.default_rng(0))
   t, y = x.teacher[0], x.labels
   one = lambda z, eps: losses.ofa(z, t, y, temperature=2.0, eps=eps)
-  got = ofa.OFA.loss(x, temperature=2.0, eps=1.5, stage_eps=(), branch_weight=0.1)
+  got = ofa.OFA.loss(x, temperature=2.0, eps=1.5, stage_eps=(), branch_weight=0.1,
+                     unlabeled='skip')
   want = one(x.student[0], 1.5) + 0.1 * sum(one(z, 1.5) for z in x.connector.logits)
   np.testing.assert_allclose(got, want, rtol=1e-6)
-  got = ofa.OFA.loss(x, temperature=2.0, eps=1.5, stage_eps=(1.0, 1.2, 1.4), branch_weight=1.0)
+  got = ofa.OFA.loss(x, temperature=2.0, eps=1.5, stage_eps=(1.0, 1.2, 1.4), branch_weight=1.0,
+                     unlabeled='skip')
   want = one(x.student[0], 1.5) + sum(one(z, e) for z, e in zip(x.connector.logits,
                                                                 (1.0, 1.2, 1.4)))
   np.testing.assert_allclose(got, want, rtol=1e-6)
   with pytest.raises(KdjaxError, match='one eps per stage'):
-    ofa.OFA.loss(x, temperature=1.0, eps=1.0, stage_eps=(1.0,), branch_weight=1.0)
+    ofa.OFA.loss(x, temperature=1.0, eps=1.0, stage_eps=(1.0,), branch_weight=1.0,
+                 unlabeled='skip')
+
+
+def test_unlabeled_rows_are_skipped_or_take_the_teachers_class():
+  labels = jnp.asarray([2, -1, 0, -1])
+  teacher = jnp.asarray(np.eye(4)[[1, 3, 1, 0]] * 5.0, jnp.float32)
+  np.testing.assert_array_equal(ofa.targets(labels, teacher, 'skip'), [2, -1, 0, -1])
+  np.testing.assert_array_equal(ofa.targets(labels, teacher, 'teacher'), [2, 3, 0, 0])
+  with pytest.raises(KdjaxError, match="'skip' or 'teacher'"):
+    ofa.targets(labels, teacher, 'argmax')
 
 
 def test_without_stages_it_is_the_logit_loss_and_builds_no_connector():

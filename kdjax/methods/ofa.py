@@ -216,7 +216,17 @@ def _reads(stages, student_taps):
   return {'student': ('logits',) + taps, 'teacher': ('logits',)}
 
 
-def _loss(x, *, temperature, eps, stage_eps, branch_weight):
+def targets(labels, teacher_logits, unlabeled):
+  """The target class per example: the label, or for unlabeled rows (-1) the teacher's argmax
+  when `unlabeled='teacher'` (with 'skip' they stay -1 and the OFA loss leaves them out)."""
+  if unlabeled == 'skip' or labels.ndim != 1:
+    return labels
+  if unlabeled != 'teacher':
+    raise KdjaxError(f"ofa unlabeled must be 'skip' or 'teacher', got '{unlabeled}'")
+  return jnp.where(labels >= 0, labels, jnp.argmax(teacher_logits, axis=-1).astype(labels.dtype))
+
+
+def _loss(x, *, temperature, eps, stage_eps, branch_weight, unlabeled):
   r"""branch_weight * sum_s OFA(branch_s, z_t; eps_s) + OFA(z_s, z_t; eps), the OFA loss of
   `kdjax.losses.ofa`; eps_s = stage_eps[s] (eps when stage_eps is empty)."""
   student_logits, teacher_logits = x.student[0], x.teacher[0]
@@ -225,7 +235,8 @@ def _loss(x, *, temperature, eps, stage_eps, branch_weight):
   if len(per_stage) != len(branches):
     raise KdjaxError(f'ofa stage_eps {tuple(stage_eps)} must give one eps per stage '
                      f'({len(branches)})')
-  ofa = lambda z, e: losses.ofa(z, teacher_logits, x.labels, temperature=temperature, eps=e)
+  labels = targets(x.labels, teacher_logits, unlabeled)
+  ofa = lambda z, e: losses.ofa(z, teacher_logits, labels, temperature=temperature, eps=e)
   total = ofa(student_logits, eps)
   if branches:
     total = total + branch_weight * sum(ofa(z, e) for z, e in zip(branches, per_stage))
@@ -241,7 +252,7 @@ OFA = register(Method(
                     'the target-enhanced OFA loss (exponent eps)',
     taps=dict(stages=(1, 2, 3, 4), student_taps=()),
     reads=_reads,
-    hparams=dict(temperature=1.0, eps=1.0, stage_eps=(), branch_weight=1.0),
+    hparams=dict(temperature=1.0, eps=1.0, stage_eps=(), branch_weight=1.0, unlabeled='skip'),
     connector=_maybe_connector,
     connector_hparams=dict(branch='auto'),
     loss=_loss))
