@@ -6,6 +6,9 @@ HCL pyramid, AFD's ``Sample``) or with ``F.interpolate(mode='nearest')`` (Review
 overlapping windows of 7 -> 4), so both are written here from the PyTorch rules. Shapes are static:
 the index tables are built with NumPy at trace time and the maps are touched only by one ``einsum``
 (pooling) or one ``take`` per axis (resizing), so both are cheap, jit-able and differentiable.
+
+``resize_to_grid`` combines them (with bilinear growth) for maps of different architecture
+families that must be compared on one grid (docs/methods.md#across-architectures).
 """
 
 from collections.abc import Sequence
