@@ -34,6 +34,7 @@ from kdjax.losses.features import ofd_margin
 from kdjax.losses.features import pefd
 from kdjax.losses.pooling import adaptive_avg_pool2d
 from kdjax.losses.pooling import nearest_resize
+from kdjax.losses.pooling import resize_to_grid
 from kdjax.losses.relations import cc
 from kdjax.losses.relations import pkt
 from kdjax.losses.relations import rkd

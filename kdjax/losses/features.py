@@ -39,21 +39,32 @@ __all__ = [
 def _check_nhwc(name, *xs):
   for x in xs:
     if x.ndim != 4:
-      raise ValueError(f'{name} expects NHWC feature maps [B,H,W,C], got shape {x.shape}.')
+      raise ValueError(f'{name} expects NHWC feature maps [B,H,W,C], got shape {x.shape}; for '
+                       'token models tap a stage (stage1..stage4: the tokens on their patch '
+                       'grid), not tokens.')
 
 
 def _match_square(f_s, f_t, name):
-  """AT / NST size rule of mdistiller: pool the larger map to the smaller map's ``(H, H)``."""
+  """AT / NST size rule of mdistiller: pool the larger map to the smaller map's ``(H, H)``.
+
+  Maps of different families (a ViT's patch grid against a CNN stage) use the same rule. A
+  non-square pair that the reference rule cannot match (it fails there) is matched axis by
+  axis instead: each map is pooled to ``(min(H_s, H_t), min(W_s, W_t))``.
+  """
   h_s, h_t = f_s.shape[1], f_t.shape[1]
   if h_s > h_t:
-    f_s = adaptive_avg_pool2d(f_s, (h_t, h_t))
+    pooled_s, pooled_t = adaptive_avg_pool2d(f_s, (h_t, h_t)), f_t
   elif h_s < h_t:
-    f_t = adaptive_avg_pool2d(f_t, (h_s, h_s))
-  if f_s.shape[:3] != f_t.shape[:3]:
-    raise ValueError(f'{name}: student map {f_s.shape} and teacher map {f_t.shape} do not have the '
-                     'same batch and spatial size after the reference size matching (square '
-                     'adaptive pooling to the smaller height).')
-  return f_s, f_t
+    pooled_s, pooled_t = f_s, adaptive_avg_pool2d(f_t, (h_s, h_s))
+  else:
+    pooled_s, pooled_t = f_s, f_t
+  if pooled_s.shape[1:3] != pooled_t.shape[1:3]:
+    size = (min(h_s, h_t), min(f_s.shape[2], f_t.shape[2]))
+    pooled_s, pooled_t = adaptive_avg_pool2d(f_s, size), adaptive_avg_pool2d(f_t, size)
+  if pooled_s.shape[:3] != pooled_t.shape[:3]:
+    raise ValueError(f'{name}: student map {f_s.shape} and teacher map {f_t.shape} do not have '
+                     'the same batch size.')
+  return pooled_s, pooled_t
 
 
 def _abs_pow(x, p):

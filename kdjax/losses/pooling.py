@@ -6,6 +6,9 @@ HCL pyramid, AFD's ``Sample``) or with ``F.interpolate(mode='nearest')`` (Review
 overlapping windows of 7 -> 4), so both are written here from the PyTorch rules. Shapes are static:
 the index tables are built with NumPy at trace time and the maps are touched only by one ``einsum``
 (pooling) or one ``take`` per axis (resizing), so both are cheap, jit-able and differentiable.
+
+``resize_to_grid`` combines them (with bilinear growth) for maps of different architecture
+families that must be compared on one grid (docs/methods.md#across-architectures).
 """
 
 from collections.abc import Sequence
@@ -144,3 +147,69 @@ def nearest_resize(x: jax.Array, size) -> jax.Array:
     return x
   x = jnp.take(x, jnp.asarray(nearest_source_indices(in_h, out_h)), axis=1)
   return jnp.take(x, jnp.asarray(nearest_source_indices(in_w, out_w)), axis=2)
+
+
+def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """``[O, I]`` float32 matrix of 1-D linear interpolation with half-pixel centres.
+
+  PyTorch's ``F.interpolate(mode='bilinear', align_corners=False)`` per axis (and, for
+  ``O >= I``, ``jax.image.resize(method='linear', antialias=False)``): output cell ``i`` reads
+  ``src = max((i + 0.5) * I / O - 0.5, 0)``, i.e. ``(1 - f) x[floor(src)] + f x[floor(src) + 1]``
+  with ``f = src - floor(src)`` and the upper index clamped to ``I - 1``.
+  """
+  mat = np.zeros((out_size, in_size), np.float64)
+  for i in range(out_size):
+    src = max((i + 0.5) * in_size / out_size - 0.5, 0.0)
+    lo = min(int(np.floor(src)), in_size - 1)
+    hi = min(lo + 1, in_size - 1)
+    frac = src - lo
+    mat[i, lo] += 1.0 - frac
+    mat[i, hi] += frac
+  return mat.astype(np.float32)
+
+
+def _resample_axis(x, axis, out_size, grow):
+  in_size = x.shape[axis]
+  if out_size == in_size:
+    return x
+  if out_size > in_size and grow == 'nearest':
+    return jnp.take(x, jnp.asarray(nearest_source_indices(in_size, out_size)), axis=axis)
+  mat = (adaptive_pool_matrix(in_size, out_size) if out_size < in_size
+         else bilinear_matrix(in_size, out_size))
+  mat = jnp.asarray(mat, dtype=x.dtype)
+  spec = 'oh,bhwc->bowc' if axis == 1 else 'ow,bhwc->bhoc'
+  return jnp.einsum(spec, mat, x, precision=_HIGHEST)
+
+
+def resize_to_grid(x: jax.Array, size, *, grow: str = 'bilinear') -> jax.Array:
+  """Resizes an NHWC map to another network's grid, axis by axis (docs/methods.md#resampling).
+
+  The rule kdjax uses when a student and a teacher map of different families (a ViT's patch
+  grid, a CNN stage) must be compared cell by cell:
+
+    * an axis that **shrinks** (``O < I``) is adaptive-average-pooled
+      (:func:`adaptive_avg_pool2d`'s PyTorch windows): at an integer factor ``k`` each output
+      cell is the mean of its ``k`` input cells, so every input cell feeds the output (and gets
+      gradient);
+    * an axis that **grows** (``O > I``) is interpolated: ``grow='bilinear'`` (default) is
+      ``F.interpolate(mode='bilinear', align_corners=False)`` (:func:`bilinear_matrix`; equal to
+      ``jax.image.resize(method='linear', antialias=False)``), ``grow='nearest'`` is
+      :func:`nearest_resize`'s PyTorch nearest rule;
+    * an axis of equal length is left alone, so a map already on the grid is returned as is.
+
+  Args:
+    x: ``[B, H, W, C]`` floating array.
+    size: an int or a pair ``(O_h, O_w)``.
+    grow: ``'bilinear'`` or ``'nearest'``, how a growing axis is interpolated.
+
+  Returns:
+    ``[B, O_h, O_w, C]`` array in ``x``'s dtype; linear in ``x`` (differentiable).
+  """
+  x = jnp.asarray(x)
+  if x.ndim != 4:
+    raise ValueError(f'resize_to_grid expects an NHWC [B,H,W,C] map, got shape {x.shape}.')
+  if grow not in ('bilinear', 'nearest'):
+    raise ValueError(f"resize_to_grid: grow must be 'bilinear' or 'nearest', got {grow!r}.")
+  out_h, out_w = _pair(size, 'size')
+  x = _resample_axis(x, 1, out_h, grow)
+  return _resample_axis(x, 2, out_w, grow)

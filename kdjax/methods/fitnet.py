@@ -24,10 +24,16 @@ class Hint(NamedTuple):
 
 class ConvReg(nn.Module):
   """Conv chosen by the size rule + BatchNorm + ReLU, from `[B, Hs, Ws, Cs]` to the teacher's
-  `[B, Ht, Wt, Ct]` (mdistiller/RepDistiller `ConvReg`, PyTorch default init):
+  `[B, Ht, Wt, Ct]` (mdistiller/RepDistiller `ConvReg`, PyTorch default init, for the sizes it
+  was written for; docs/methods.md#fitnet):
 
-    Hs == 2 Ht: conv 3x3 stride 2 pad 1;  2 Hs == Ht: conv-transpose 4x4 stride 2 pad 1;
-    Hs >= Ht:   conv (1 + Hs - Ht) x (1 + Ws - Wt), no padding (1x1 when the sizes match).
+    (Hs, Ws) == (Ht, Wt):                     conv 1x1;
+    (Hs, Ws) == 2 (Ht, Wt):                   conv 3x3 stride 2 pad 1;
+    2 (Hs, Ws) == (Ht, Wt):                   conv-transpose 4x4 stride 2 pad 1;
+    Ht <= Hs < 2 Ht and Wt <= Ws < 2 Wt:      conv (1 + Hs - Ht) x (1 + Ws - Wt), no padding;
+    any other pair of grids (a ViT's 14x14 against a ResNet's 56x56 or 7x7 stage, ...): the
+    student map is resized to the teacher grid (`losses.resize_to_grid`: block-mean pooling
+    when it shrinks, bilinear when it grows), then conv 1x1.
   """
   student_shape: tuple   # (H, W, C) of the student map
   teacher_shape: tuple   # (H, W, C) of the teacher map
@@ -35,19 +41,27 @@ class ConvReg(nn.Module):
 
   @nn.compact
   def __call__(self, x, train):
+    if self.resizes:
+      x = losses.resize_to_grid(x, tuple(self.teacher_shape[:2]))
     x = batch_norm(train, 'bn', None)(self._conv()(x))
     return nn.relu(x) if self.use_relu else x
 
+  @property
+  def resizes(self) -> bool:
+    """Whether the student grid is resized to the teacher's (no reference rule applies)."""
+    (hs, ws, _), (ht, wt, _) = self.student_shape, self.teacher_shape
+    return not ((hs, ws) == (2 * ht, 2 * wt) or (2 * hs, 2 * ws) == (ht, wt)
+                or (ht <= hs < 2 * ht and wt <= ws < 2 * wt))
+
   def _conv(self):
     (hs, ws, cs), (ht, wt, ct) = self.student_shape, self.teacher_shape
-    if hs == 2 * ht:
+    if self.resizes:
+      return torch_conv(ct, 1, in_features=cs, name='conv')
+    if (hs, ws) == (2 * ht, 2 * wt):
       return torch_conv(ct, 3, strides=2, padding=1, in_features=cs, name='conv')
-    if 2 * hs == ht:
+    if (2 * hs, 2 * ws) == (ht, wt):
       return torch_conv_transpose(ct, 4, strides=2, padding=1, in_features=cs, name='conv')
-    if hs >= ht:
-      return torch_conv(ct, (1 + hs - ht, 1 + ws - wt), in_features=cs, name='conv')
-    raise KdjaxError(f'FitNet cannot regress a {hs}x{ws} student map onto a {ht}x{wt} teacher '
-                     'map; choose taps whose student map is at least as large (or half as large)')
+    return torch_conv(ct, (1 + hs - ht, 1 + ws - wt), in_features=cs, name='conv')
 
 
 class HintRegressor(nn.Module):
@@ -63,7 +77,11 @@ class HintRegressor(nn.Module):
 
 
 def _connector(ctx, student, teacher):
-  del ctx
+  for network, shape in (('student', student[0]), ('teacher', teacher[0])):
+    if len(shape.shape) != 4:
+      raise KdjaxError(f'losses.{ctx.term}: FitNet regresses NHWC maps [B, H, W, C], but the '
+                       f'{network} tap is {tuple(shape.shape)}; tap a stage (stage1..stage4: '
+                       'token models give their tokens on the patch grid there)')
   return HintRegressor(student_shape=tuple(student[0].shape[1:]),
                        teacher_shape=tuple(teacher[0].shape[1:]))
 

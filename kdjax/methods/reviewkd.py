@@ -2,7 +2,9 @@
 
 An attention-based fusion (ABF) chain runs over the student's taps from the deepest to the
 shallowest, each ABF fusing its tap with the deeper fused feature and producing a map shaped
-like the paired teacher tap; the hierarchical context loss (HCL) compares each level.
+like the paired teacher tap; the hierarchical context loss (HCL) compares each level. Levels
+of any grids pair up (a ViT's four equal patch grids with a CNN's pyramid): each ABF resizes
+the deeper residual to its own grid and its output to its teacher level's grid.
 """
 
 from typing import NamedTuple
@@ -30,8 +32,11 @@ def as_map(x):
 
 
 class ABF(nn.Module):
-  """One ABF: 1x1 conv + BN to `mid`, optional attention fusion with the deeper residual,
-  nearest resize to the teacher's size, 3x3 conv + BN to the teacher's channels.
+  """One ABF: 1x1 conv + BN to `mid`, optional attention fusion with the deeper residual
+  (resized to this level's grid), resize to the teacher's grid, 3x3 conv + BN to the teacher's
+  channels. Both resizes are the reference's nearest resize where the grid grows and
+  block-mean (adaptive average) pooling where it shrinks (`losses.resize_to_grid(...,
+  grow='nearest')`; docs/methods.md#reviewkd).
   Returns (output, new residual = the fused mid feature). The two main convs use
   kaiming_uniform(a=1), as the reference."""
   in_channels: int
@@ -44,13 +49,13 @@ class ABF(nn.Module):
                 name='conv1')(x)
     x = batch_norm(train, 'bn1', None)(x)
     if residual is not None:
-      y = losses.nearest_resize(residual, x.shape[1:3])
+      y = losses.resize_to_grid(residual, x.shape[1:3], grow='nearest')
       att = torch_conv(2, 1, in_features=2 * self.mid, name='att_conv')(
           jnp.concatenate([x, y], axis=-1))
       att = nn.sigmoid(att)
       x = x * att[..., 0:1] + y * att[..., 1:2]
     if x.shape[1:3] != tuple(self.out_shape[:2]):
-      x = losses.nearest_resize(x, tuple(self.out_shape[:2]))
+      x = losses.resize_to_grid(x, tuple(self.out_shape[:2]), grow='nearest')
     out = nn.Conv(self.out_shape[-1], (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
                   kernel_init=kaiming_uniform_a1, name='conv2')(x)
     return batch_norm(train, 'bn2', None)(out), x
@@ -73,7 +78,13 @@ class ReviewKDConnector(nn.Module):
 
 
 def _connector(ctx, student, teacher, *, max_mid_channels):
-  del ctx
+  for network, shapes in (('student', student), ('teacher', teacher)):
+    for shape in shapes:
+      if len(shape.shape) not in (2, 4):
+        raise KdjaxError(f'losses.{ctx.term}: ReviewKD reads NHWC maps [B, H, W, C] or pooled '
+                         f'[B, D] features, but a {network} tap is {tuple(shape.shape)}; tap a '
+                         'stage (stage1..stage4: token models give their tokens on the patch '
+                         'grid there) or pooled')
   if len(student) != len(teacher):
     raise KdjaxError(f'reviewkd pairs {len(student)} student_taps with {len(teacher)} '
                      'teacher_taps; give both the same number of taps')
