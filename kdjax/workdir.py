@@ -135,10 +135,12 @@ def _same(a, b):
   return normal(a) == normal(b)
 
 
-def config_changes(saved: dict, now: dict) -> tuple[list, list]:
+def config_changes(saved: dict, now: dict, defaults: dict | None = None) -> tuple[list, list]:
   """([trajectory changes], [harmless changes]) between two configs as JSON dicts, each
-  change as 'key: old -> new'."""
+  change as 'key: old -> new'. A key the saved config lacks counts as its value in `defaults`
+  (config_base's), so a key added to kdjax after the run started is no change at its default."""
   old, new = _flatten(saved), _flatten(now)
+  old = {**{k: v for k, v in _flatten(defaults or {}).items() if k in new}, **old}
   cosine = new.get('optimizer.schedule') == 'cosine' or old.get('optimizer.schedule') == 'cosine'
   trajectory, harmless = [], []
   for key in sorted(set(old) | set(new)):
