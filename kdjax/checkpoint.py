@@ -67,7 +67,8 @@ class Manager:
     options = ocp.CheckpointManagerOptions(max_to_keep=self._config.keep_checkpoints,
                                            create=True, enable_async_checkpointing=True)
     return ocp.CheckpointManager(self.directory, options=options,
-                                 item_names=('state', 'metadata'))
+                                 item_handlers={'state': ocp.StandardCheckpointHandler(),
+                                                'metadata': ocp.JsonCheckpointHandler()})
 
   def restore_or(self, state):
     """(restored state, its step, its metadata), or (state, 0, None) without a checkpoint.

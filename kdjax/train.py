@@ -723,9 +723,9 @@ def _train(config, workdir, setup, mesh, lock, created):
     # checkpoint without an EMA: it starts from the restored weights, as timm's would.
     logging.warning('The checkpoint at step %d has no EMA of the weights; it starts from the '
                     'restored weights.', start_step)
-    state = state.replace(ema={
+    state = state.replace(ema=jax.tree.map(jnp.copy, {  # copies: the step donates buffers
         'params': {n: state.params[n] for n in setup.networks.trainable},
-        'batch_stats': {n: state.batch_stats[n] for n in setup.networks.trainable}})
+        'batch_stats': {n: state.batch_stats[n] for n in setup.networks.trainable}}))
   # Train metrics of the steps since the last log line, kept by a checkpoint saved in between.
   pending = [] if not start_step else list(metadata.get('pending_metrics', []))
   teacher_variables = (jax.device_put(setup.networks.teacher_variables, rep)
