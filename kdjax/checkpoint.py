@@ -1,16 +1,18 @@
 """Orbax checkpoints: training checkpoints (save, keep-N, async, resume), exports, teachers.
 
 Layout of a workdir:
-  <workdir>/checkpoints/<step>/state      TrainState (student, connectors, optimizer); no teacher
+  <workdir>/checkpoints/<step>/state      TrainState (student, connectors, optimizer, the
+                                          weights' EMA when config.ema is on); no teacher
   <workdir>/checkpoints/<step>/metadata   JSON: config, teacher source and hash, package versions
 An export (`python -m kdjax.export`) is a folder with `variables/` (student params and
-batch_stats only) and `kdjax_export.json`.
+batch_stats only; their EMA when the run had config.ema on) and `kdjax_export.json`.
 
 A teacher checkpoint may be either of these two, or a torchvision/timm state dict file
 (`.safetensors`, or `.pth` with torch installed; see `kdjax.torch_import`), and is checked
 against the teacher model's variable names and shapes before training starts.
 """
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -65,7 +67,8 @@ class Manager:
     options = ocp.CheckpointManagerOptions(max_to_keep=self._config.keep_checkpoints,
                                            create=True, enable_async_checkpointing=True)
     return ocp.CheckpointManager(self.directory, options=options,
-                                 item_names=('state', 'metadata'))
+                                 item_handlers={'state': ocp.StandardCheckpointHandler(),
+                                                'metadata': ocp.JsonCheckpointHandler()})
 
   def restore_or(self, state):
     """(restored state, its step, its metadata), or (state, 0, None) without a checkpoint.
@@ -79,8 +82,10 @@ class Manager:
     errors = []
     for step in steps:
       try:
+        target = self._restore_target(step, abstract)
         restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()))
+            state=ocp.args.StandardRestore(target), metadata=ocp.args.JsonRestore()))
+        restored_state = _as_state(state, restored.state)
       except Exception as e:  # pylint: disable=broad-except  Orbax/tensorstore/shape errors.
         reason = f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}'
         errors.append((step, reason))
@@ -89,13 +94,30 @@ class Manager:
         continue
       if errors:
         self._set_aside([s for s, _ in errors])
-      return restored.state, step, dict(restored.metadata)
+      return restored_state, step, dict(restored.metadata)
     if errors:
       step, reason = errors[0]
       raise KdjaxError(f"no checkpoint in '{self.directory}' can be restored (the latest, step "
                        f'{step}: {reason}); move that folder away to start afresh, or fix the '
                        'config if it no longer matches the run')
     return state, 0, None
+
+  def _restore_target(self, step, abstract):
+    """The abstract TrainState of `step` as a dict of its fields, fitted to what the checkpoint
+    holds: `ema` is left out of checkpoints written before it existed, restored as None from
+    those written with EMA off, and restored (then dropped) when this run has EMA off."""
+    saved = self._manager.item_metadata(step)['state']
+    target = {f.name: getattr(abstract, f.name) for f in dataclasses.fields(abstract)
+              if f.name in saved}
+    if 'ema' in saved:
+      if not saved['ema']:
+        target['ema'] = None
+      elif abstract.ema is None:
+        sharding = jax.tree.leaves(abstract)[0].sharding
+        target['ema'] = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), saved['ema'],
+            is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))
+    return target
 
   def _set_aside(self, steps):
     """Moves damaged step folders out of the way, so the run can save those steps again."""
@@ -132,6 +154,7 @@ class Manager:
         'step': int(step),
         'config': json.loads(self._config.to_json_best_effort()),
         'export': self._config.export,
+        'export_ema': self._config.ema.decay > 0,  # export and teacher loading take the EMA
         'student_model': self._config[self._config.export].model,  # the exported network
         'num_classes': setup.data.info.num_classes,
         'image_shape': list(setup.data.info.image_shape),
@@ -155,6 +178,13 @@ class Manager:
       self._manager = None
 
 
+def _as_state(state, restored: dict):
+  """`state` with the restored fields; `ema` is None when the checkpoint has none (the trainer
+  then starts it from the restored weights) or when `state` keeps none."""
+  ema = restored.get('ema') if state.ema is not None else None
+  return state.replace(**{k: v for k, v in restored.items() if k != 'ema'}, ema=ema)
+
+
 def latest_metadata(workdir):
   """(step, manager, metadata dict) of the latest checkpoint in a workdir, or a KdjaxError."""
   directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
@@ -172,7 +202,7 @@ def latest_metadata(workdir):
 
 def restore_student(workdir):
   """(variables, metadata) of the exported network (`config.export`, by default the student)
-  in the latest training checkpoint of `workdir`."""
+  in the latest training checkpoint of `workdir`: its EMA when the run had config.ema on."""
   step, manager, metadata = latest_metadata(workdir)
   # Restore onto this host's first device whatever mesh saved it (export on a laptop after a
   # pod run): the target takes shapes and dtypes from the checkpoint, the sharding from here.
@@ -183,6 +213,8 @@ def restore_student(workdir):
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   state = restored.state
   name = metadata.get('export', 'student')
+  if metadata.get('export_ema'):
+    state = state['ema']
   variables = {'params': state['params'][name]}
   if state['batch_stats'][name]:
     variables['batch_stats'] = state['batch_stats'][name]
@@ -209,6 +241,7 @@ def export_workdir(workdir, output):
       'num_classes': metadata['num_classes'],
       'image_shape': metadata['image_shape'],
       'step': metadata['step'],
+      'ema': bool(metadata.get('export_ema')),  # the weights' moving average, not the weights
       'source_workdir': os.path.abspath(workdir),
       'teacher': metadata.get('teacher'),
       'packages': package_versions(),

@@ -67,12 +67,33 @@ def base_config():
       schedule='step',              # step | cosine | constant
       decay_epochs=(), decay_factor=0.1,
       warmup_epochs=0.0,
+      warmup_learning_rate=0.0,     # the warm-up's first value (timm's warmup_lr); not batch-scaled
+      min_learning_rate=0.0,        # cosine: the floor it decays to (timm's min_lr); not batch-scaled
+      clip_grad_norm=0.0,           # > 0: clip the gradient of every trainable parameter to this
+                                    # global L2 norm before the update (DeiT / OFA-KD: 5.0)
       b1=0.9, b2=0.999, eps=1e-8,   # adamw
   ))
+  # Mixup / CutMix on the global batch inside the train step, seen by teacher and student
+  # (timm's Mixup, mode 'batch'); both alphas 0 = off. Needs every training label.
+  c.mixup = ml_collections.ConfigDict(dict(
+      mixup_alpha=0.0,              # > 0: Mixup with lam ~ Beta(alpha, alpha) (DeiT: 0.8)
+      cutmix_alpha=0.0,             # > 0: CutMix with lam ~ Beta(alpha, alpha) (DeiT: 1.0)
+      prob=1.0,                     # probability that a batch is mixed at all
+      switch_prob=0.5,              # both alphas > 0: probability of CutMix instead of Mixup
+  ))
+  # Exponential moving average of the trainable networks' params and batch_stats, updated after
+  # every applied update: ema = decay * ema + (1 - decay) * new (timm ModelEmaV2; DeiT 0.99996).
+  # 0 = off. When on, it is evaluated as '<network>_ema' and is what export and teacher
+  # loading from the workdir take.
+  c.ema = ml_collections.ConfigDict(dict(decay=0.0))
   # checkpoint: '' = random init; else weights to start from (as teacher.checkpoint takes).
-  c.student = ml_collections.ConfigDict(dict(model='', checkpoint='', dtype='float32'))
+  # drop_path_rate: stochastic depth of token models (ViT/DeiT, Swin, ConvNeXt, Mixer/ResMLP;
+  # timm's per-block rule), training mode only; 0 = off; > 0 on another model is an error.
+  c.student = ml_collections.ConfigDict(dict(model='', checkpoint='', dtype='float32',
+                                             drop_path_rate=0.0))
   c.teacher = ml_collections.ConfigDict(dict(model='', checkpoint='', dtype='float32'))
-  c.peer = ml_collections.ConfigDict(dict(model='', dtype='float32'))  # DML's second network
+  c.peer = ml_collections.ConfigDict(dict(model='', dtype='float32',  # DML's second network
+                                          drop_path_rate=0.0))
   c.on_nonfinite = 'stop'       # a non-finite loss or gradient: 'stop' the run, or 'skip' the step
   c.allow_config_change = False  # resume even if the config changed in a way that alters training
   c.export = 'student'          # the trainable network that export and teacher loading take

@@ -13,6 +13,7 @@ from typing import Any, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kdjax.errors import KdjaxError
 
@@ -165,6 +166,27 @@ class Mlp(nn.Module):
     init = dict(kernel_init=self.kernel_init, bias_init=self.bias_init, dtype=self.dtype)
     x = gelu(torch_dense(self.hidden, name='fc1', **init)(x))
     return torch_dense(self.out, name='fc2', **init)(x)
+
+
+def drop_path(module, x, rate, train):
+  """timm's ``drop_path`` (stochastic depth) on a residual branch ``x`` ``[B, ...]``.
+
+  In training mode with ``rate > 0``: ``x * m_b / (1 - rate)`` with one Bernoulli draw
+  ``m_b ~ B(1 - rate)`` per example (the whole branch of example ``b`` is kept or dropped),
+  from ``module.make_rng('dropout')`` (each call draws a new key). Otherwise ``x`` itself,
+  so rate 0 and inference mode are the identity, bit for bit.
+  """
+  if not train or rate <= 0.0:
+    return x
+  keep = 1.0 - rate
+  shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+  mask = jax.random.bernoulli(module.make_rng('dropout'), keep, shape)
+  return x * (mask.astype(x.dtype) / jnp.asarray(keep, x.dtype))
+
+
+def drop_path_rates(rate, depth):
+  """timm's per-block stochastic depth rates, ``linspace(0, rate, depth)`` (Python floats)."""
+  return [float(r) for r in np.linspace(0.0, rate, depth)]
 
 
 def attention(qkv, num_heads, dtype, bias=None):

@@ -4,7 +4,8 @@ Read top to bottom:
   1. Mesh and sharding        one 'data' axis over every device of every process
   2. Models and variables     student (trainable), teacher (frozen, loaded, never saved)
   3. Optimizer                optax SGD / AdamW with step or cosine schedules and warm-up
-  4. Train step               teacher forward -> student forward -> loss terms -> update
+  4. Train step               mixup -> teacher forward -> student forward -> loss terms ->
+                              update (clipped) -> EMA
   5. Eval step                top-1 / top-5 (+ teacher agreement and KL) over masked batches
   6. The loop                 resume, train, log, evaluate, checkpoint
 
@@ -30,9 +31,11 @@ import numpy as np
 import optax
 
 from kdjax import checkpoint
+from kdjax import config_base
 from kdjax import losses
 from kdjax import methods
 from kdjax import metrics as metrics_lib
+from kdjax import mixup as mixup_lib
 from kdjax import models
 from kdjax import taps as taps_lib
 from kdjax import workdir as workdir_lib
@@ -83,6 +86,9 @@ class TrainState:
   batch_stats: Any   # the same keys; a connector's entry holds all its non-param collections
   opt_state: Any
   skipped: jax.Array  # updates skipped for a non-finite loss or gradient (on_nonfinite='skip')
+  # config.ema on: {'params': {network: ...}, 'batch_stats': {network: ...}} for every trainable
+  # network (no connectors); None when off (and in checkpoints written before it existed).
+  ema: Any = None
 
 
 @dataclasses.dataclass
@@ -137,12 +143,21 @@ class Setup:
 # same key: network i (in name order) initialises from fold_in(key(seed), i), the connectors
 # from the 'connectors' stream, and randomness inside the step (MGD's masks, CRD's negatives)
 # from the 'step' stream folded with the step number: a pure function of (seed, step).
+# Connectors get that step key itself (their 'distill' rng); Mixup / CutMix and stochastic depth
+# fold it once more with their own tag (_STEP_TAGS), stochastic depth then with the network's
+# index in name order.
 _STREAM_TAGS = {'connectors': 1 << 20, 'step': 1 << 21}
+_STEP_TAGS = {'mixup': 1 << 22, 'drop_path': 1 << 23}
 
 
 def rng_stream(seed, name):
   """The root key of the named random stream of a run with `seed`."""
   return jax.random.fold_in(jax.random.key(seed), _STREAM_TAGS[name])
+
+
+def step_key(step_rng, use):
+  """The key of one use ('mixup', 'drop_path') of randomness inside the step."""
+  return jax.random.fold_in(step_rng, _STEP_TAGS[use])
 
 
 def _dtype(name, key):
@@ -175,6 +190,40 @@ def _check_config(config):
   if config.export not in methods.TRAINABLE:
     raise KdjaxError(f"export must be one of {', '.join(methods.TRAINABLE)}, got "
                      f"'{config.export}'")
+  _check_vit_recipe(config)
+
+
+def _check_vit_recipe(config):
+  """Mixup, EMA, stochastic depth, clipping and the cosine floor: values that would fail later."""
+  def number(key, value, low, high, high_open=False):
+    bad = (not isinstance(value, (int, float)) or isinstance(value, bool)
+           or not math.isfinite(value) or value < low or value > high
+           or (high_open and value == high))
+    if bad:
+      interval = f"[{low}, {high}{')' if high_open else ']'}"
+      raise KdjaxError(f'{key} must be a number in {interval}, got {value}')
+  opt = config.optimizer
+  for key in ('warmup_learning_rate', 'min_learning_rate', 'clip_grad_norm'):
+    number(f'optimizer.{key}', opt[key], 0, math.inf)
+  if opt.min_learning_rate > 0 and opt.schedule != 'cosine':
+    raise KdjaxError(f'optimizer.min_learning_rate is the floor of the cosine schedule; '
+                     f"optimizer.schedule is '{opt.schedule}': set schedule=cosine or "
+                     'min_learning_rate=0')
+  mix = config.mixup
+  for key in ('mixup_alpha', 'cutmix_alpha'):
+    number(f'mixup.{key}', mix[key], 0, math.inf)
+  for key in ('prob', 'switch_prob'):
+    number(f'mixup.{key}', mix[key], 0, 1)
+  if mixup_lib.enabled(mix) and (config.input.num_labeled > 0
+                                 or config.input.unlabeled.fraction > 0):
+    raise KdjaxError('mixup / cutmix need every training label, but input.num_labeled='
+                     f'{config.input.num_labeled} / input.unlabeled.fraction='
+                     f'{config.input.unlabeled.fraction} hide some; set mixup.mixup_alpha and '
+                     'mixup.cutmix_alpha to 0, or train on all labels')
+  number('ema.decay', config.ema.decay, 0, 1, high_open=True)
+  for name in methods.TRAINABLE:
+    number(f'{name}.drop_path_rate', config[name].get('drop_path_rate', 0.0), 0, 1,
+           high_open=True)
 
 
 def build_data(config) -> Data:
@@ -195,9 +244,12 @@ def _network(config, name, info, input_shape, tap_names):
   if not config[name].model:
     raise KdjaxError(f'the losses read the {name} but {name}.model is empty; set '
                      f'--config.{name}.model')
+  options = {}
+  if name in methods.TRAINABLE:  # Training options; the frozen teacher has none.
+    options['drop_path_rate'] = config[name].get('drop_path_rate', 0.0)
   model = models.get_model(config[name].model, num_classes=info.num_classes,
                            dtype=_dtype(config[name].dtype, f'{name}.dtype'),
-                           config_key=f'{name}.model')
+                           config_key=f'{name}.model', **options)
   taps_lib.check(model, tap_names, input_shape, where=name)
   return model
 
@@ -309,8 +361,12 @@ def init_state(setup: Setup, seed, pretrained=None) -> TrainState:
                               zeros(term.select(shapes, 'teacher')), train=False)
       params['connectors'][name] = variables.pop('params')
       batch_stats['connectors'][name] = variables  # batch_stats, and e.g. CRD's crd_memory
+  ema = None
+  if setup.config.ema.decay > 0:  # The average starts at the initial weights (timm's copy).
+    ema = {'params': {n: params[n] for n in setup.networks.trainable},
+           'batch_stats': {n: batch_stats[n] for n in setup.networks.trainable}}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                    opt_state=setup.tx.init(params), skipped=jnp.zeros((), jnp.int32))
+                    opt_state=setup.tx.init(params), skipped=jnp.zeros((), jnp.int32), ema=ema)
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,14 +375,19 @@ def init_state(setup: Setup, seed, pretrained=None) -> TrainState:
 
 
 def learning_rate_schedule(cfg, *, batch_size, steps_per_epoch, total_steps):
-  """Base LR (scaled by batch_size / lr_base_batch_size if set), linear warm-up from 0, then
-  step decays at absolute epoch boundaries, cosine decay to 0 at the end, or constant."""
+  """Base LR (scaled by batch_size / lr_base_batch_size if set), linear warm-up from
+  `warmup_learning_rate` (w0) over `warmup_epochs` (W steps): w0 + (base - w0) * step / W; then
+  step decays at absolute epoch boundaries, constant, or cosine from base at step W to
+  `min_learning_rate` (m) at the last step: m + (base - m) / 2 * (1 + cos(pi (step - W) /
+  (total - W))), which is timm's CosineLRScheduler per step with warmup_prefix=True."""
   base = cfg.learning_rate
   if cfg.lr_base_batch_size > 0:
     base *= batch_size / cfg.lr_base_batch_size
   warmup = round(cfg.warmup_epochs * steps_per_epoch)
+  start = cfg.get('warmup_learning_rate', 0.0)
   if cfg.schedule == 'cosine':
-    return optax.warmup_cosine_decay_schedule(0.0, base, warmup, max(total_steps, warmup + 1))
+    return optax.warmup_cosine_decay_schedule(start, base, warmup, max(total_steps, warmup + 1),
+                                              end_value=cfg.get('min_learning_rate', 0.0))
   if cfg.schedule == 'step':
     main = optax.piecewise_constant_schedule(
         base, {round(e * steps_per_epoch): cfg.decay_factor for e in cfg.decay_epochs})
@@ -338,11 +399,14 @@ def learning_rate_schedule(cfg, *, batch_size, steps_per_epoch, total_steps):
   if not warmup:
     return main
   # The decays stay at their epochs: warm-up replaces the first steps, it does not shift them.
-  return lambda step: jnp.where(step < warmup, base * step / warmup, main(step))
+  return lambda step: jnp.where(step < warmup, start + (base - start) * step / warmup,
+                               main(step))
 
 
 def make_optimizer(cfg, *, batch_size, steps_per_epoch, total_steps):
-  """SGD (PyTorch semantics: decay added to the gradient before momentum) or AdamW."""
+  """SGD (PyTorch semantics: decay added to the gradient before momentum) or AdamW; with
+  `clip_grad_norm` > 0 the gradient is first scaled to that global L2 norm when above it
+  (torch.nn.utils.clip_grad_norm_ before optimizer.step, over every trainable parameter)."""
   schedule = learning_rate_schedule(cfg, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
                                     total_steps=total_steps)
   if cfg.name == 'sgd':
@@ -352,6 +416,8 @@ def make_optimizer(cfg, *, batch_size, steps_per_epoch, total_steps):
     tx = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
   else:
     raise KdjaxError(f"unknown optimizer.name '{cfg.name}'; valid: sgd, adamw")
+  if cfg.get('clip_grad_norm', 0.0) > 0:
+    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_grad_norm), tx)
   return tx, schedule
 
 
@@ -368,13 +434,20 @@ def teacher_forward(teacher, teacher_variables, images, tap_names):
   return jax.tree.map(lambda a: jax.lax.stop_gradient(a.astype(jnp.float32)), out)
 
 
-def trainable_forward(networks: Networks, params, batch_stats, images):
-  """Every trainable network in training mode: ({name: {tap: float32}}, new batch_stats)."""
+def trainable_forward(networks: Networks, params, batch_stats, images, rng=None):
+  """Every trainable network in training mode: ({name: {tap: float32}}, new batch_stats).
+
+  `rng`: the step's stochastic-depth key; network i (in name order) gets fold_in(rng, i) as its
+  'dropout' rng, if it has a drop_path_rate > 0.
+  """
   outputs, new_stats = {}, {}
   for name, model in networks.trainable.items():
     variables = {'params': params[name], 'batch_stats': batch_stats[name]}
+    rngs = {}
+    if rng is not None and getattr(model, 'drop_path_rate', 0.0) > 0:
+      rngs['rngs'] = {'dropout': jax.random.fold_in(rng, sorted(networks.trainable).index(name))}
     logits, feats, new = taps_lib.apply(model, variables, images, taps=networks.taps[name],
-                                        train=True, mutable=('batch_stats',))
+                                        train=True, mutable=('batch_stats',), **rngs)
     outputs[name] = jax.tree.map(lambda a: a.astype(jnp.float32), {'logits': logits, **feats})
     new_stats[name] = new.get('batch_stats', {})
   return outputs, new_stats
@@ -394,32 +467,55 @@ def connectors_forward(objective: Objective, params, batch_stats, outputs, batch
   return connected, new_stats
 
 
+def mix_batch(config, num_classes, images, labels, step_rng):
+  """Mixup / CutMix of the global batch: (images, labels, targets); targets None when off.
+  labels become the dominant class of the mixed targets (what DKD / OFA take as the target)."""
+  if not mixup_lib.enabled(config.mixup):
+    return images, labels, None
+  params = mixup_lib.draw(step_key(step_rng, 'mixup'), config.mixup, *images.shape[1:3])
+  images, targets = mixup_lib.mix(images, labels, num_classes, params)
+  return images, jnp.argmax(targets, axis=-1).astype(labels.dtype), targets
+
+
+def ema_update(decay, ema, params, batch_stats):
+  """ema <- decay * ema + (1 - decay) * new, leaf by leaf, for the networks `ema` holds."""
+  new = {'params': {n: params[n] for n in ema['params']},
+         'batch_stats': {n: batch_stats[n] for n in ema['batch_stats']}}
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, new)
+
+
 def make_train_step(setup: Setup):
   """Returns step(state, teacher_variables, batch) -> (state, metrics), pure and jittable."""
-  networks, objective = setup.networks, setup.objective
-  spe, seed = setup.data.steps_per_epoch, setup.config.seed
+  networks, objective, config = setup.networks, setup.objective, setup.config
+  spe, seed = setup.data.steps_per_epoch, config.seed
+  ema_decay, clip = config.ema.decay, config.optimizer.get('clip_grad_norm', 0.0)
 
   def step(state, teacher_variables, batch):
     images, labels = batch['image'], batch['label']
     # Any process asked to stop (SIGTERM, Ctrl-C): every process learns it from this step.
     stop = jnp.max(batch['stop']) if 'stop' in batch else jnp.zeros((), jnp.int32)
     side = {k: v for k, v in batch.items() if k not in ('image', 'stop')}  # CRD's index
+    epoch = state.step // spe + 1  # 1-based, constant within an epoch (warm-ups)
+    step_rng = jax.random.fold_in(rng_stream(seed, 'step'), state.step)
+    # Mixup / CutMix before any forward: the teacher sees the images the student sees.
+    images, labels, targets = mix_batch(config, setup.data.info.num_classes, images, labels,
+                                        step_rng)
     teacher = {}
     if networks.teacher is not None:
       teacher = {'teacher': teacher_forward(networks.teacher, teacher_variables, images,
                                             networks.taps['teacher'])}
-    epoch = state.step // spe + 1  # 1-based, constant within an epoch (warm-ups)
-    step_rng = jax.random.fold_in(rng_stream(seed, 'step'), state.step)
 
     def loss_fn(params):
-      outputs, new_stats = trainable_forward(networks, params, state.batch_stats, images)
+      outputs, new_stats = trainable_forward(networks, params, state.batch_stats, images,
+                                             step_key(step_rng, 'drop_path'))
       outputs = {**outputs, **teacher}
       connected = {}
       if objective.connectors:
         connected, new_stats['connectors'] = connectors_forward(
             objective, params['connectors'], state.batch_stats['connectors'], outputs, side,
             step_rng)
-      values = {t.name: t(outputs, labels, connected.get(t.name)) for t in objective.terms}
+      values = {t.name: t(outputs, labels, connected.get(t.name), targets)
+                for t in objective.terms}
       total = sum(t.weight_at(epoch) * t.factor(epoch) * values[t.name]
                   for t in objective.terms)
       return total, (values, new_stats)
@@ -433,12 +529,17 @@ def make_train_step(setup: Setup):
     for g in jax.tree.leaves(grads):
       finite &= jnp.all(jnp.isfinite(g))
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    ema = state.ema
+    if ema_decay > 0:  # After the update, and only after an applied one.
+      ema = keep(ema_update(ema_decay, ema, params, new_stats), ema)
     new_state = state.replace(
         step=state.step + 1, params=keep(params, state.params),
         batch_stats=keep(new_stats, state.batch_stats), opt_state=keep(opt_state, state.opt_state),
-        skipped=state.skipped + (~finite).astype(jnp.int32))
+        skipped=state.skipped + (~finite).astype(jnp.int32), ema=ema)
     metrics = {'loss': total, 'lr': setup.schedule(state.step),
                'nonfinite': (~finite).astype(jnp.int32), 'stop': stop}
+    if clip > 0:
+      metrics['grad_norm'] = optax.global_norm(grads)  # before clipping
     metrics.update({f'loss/{k}': v for k, v in values.items()})
     return new_state, metrics
 
@@ -555,13 +656,24 @@ def describe_parameters(state, setup) -> str:
 
 
 def network_variables(state, name):
+  """The variables of a trainable network, or of its EMA ('<network>_ema')."""
+  if name.endswith('_ema'):
+    name = name[:-len('_ema')]
+    return {'params': state.ema['params'][name], 'batch_stats': state.ema['batch_stats'][name]}
   return {'params': state.params[name], 'batch_stats': state.batch_stats[name]}
+
+
+def exported_name(config):
+  """What export and teacher loading take: `config.export`, or its EMA when config.ema is on."""
+  return f'{config.export}_ema' if config.ema.decay > 0 else config.export
 
 
 def _check_resume(config, setup, metadata, workdir):
   """Refuses a resume whose config changes the trajectory (unless allowed); logs the rest."""
   now = json.loads(config.to_json_best_effort())
-  trajectory, harmless = workdir_lib.config_changes(metadata.get('config', {}), now)
+  trajectory, harmless = workdir_lib.config_changes(
+      metadata.get('config', {}), now,
+      defaults=json.loads(config_base.base_config().to_json_best_effort()))
   saved_teacher = (metadata.get('teacher') or {}).get('sha256')
   teacher = setup.networks.teacher_source.get('sha256')
   if saved_teacher and teacher and saved_teacher != teacher:
@@ -624,6 +736,13 @@ def _train(config, workdir, setup, mesh, lock, created):
     if created and jax.process_index() == 0:  # A failed set-up leaves no trace behind.
       shutil.rmtree(workdir, ignore_errors=True)
     raise
+  if config.ema.decay > 0 and state.ema is None:  # Resumed (allow_config_change) from a
+    # checkpoint without an EMA: it starts from the restored weights, as timm's would.
+    logging.warning('The checkpoint at step %d has no EMA of the weights; it starts from the '
+                    'restored weights.', start_step)
+    state = state.replace(ema=jax.tree.map(jnp.copy, {  # copies: the step donates buffers
+        'params': {n: state.params[n] for n in setup.networks.trainable},
+        'batch_stats': {n: state.batch_stats[n] for n in setup.networks.trainable}}))
   logging.info('Parameters: %s', describe_parameters(state, setup))
   # Train metrics of the steps since the last log line, kept by a checkpoint saved in between.
   pending = [] if not start_step else list(metadata.get('pending_metrics', []))
@@ -638,23 +757,27 @@ def _train(config, workdir, setup, mesh, lock, created):
                 for name, model in setup.networks.trainable.items()}
 
   def run_eval(step, model_name, write=True):
-    """Evaluates one network on the whole eval split and writes the eval line."""
+    """Evaluates one network (or its EMA) on the whole eval split and writes the eval line."""
     batches = input_pipeline.eval_batches(config, setup.data.builder,
                                           local_batch_size=eval_local_batch)
     if model_name == 'teacher':
       result = evaluate(jax.jit(make_eval_step(setup.networks.teacher), out_shardings=rep),
                         teacher_variables, None, batches, mesh)
     else:
-      result = evaluate(eval_steps[model_name], network_variables(state, model_name),
-                        teacher_variables, batches, mesh)
+      result = evaluate(eval_steps[model_name.removesuffix('_ema')],
+                        network_variables(state, model_name), teacher_variables, batches, mesh)
     if write:
       writer.write_eval(step, config.input.eval_split, model_name, result)
     return result
 
   def run_evals(step, write=True):
-    """Evaluates every trainable network; returns the exported network's result."""
-    results = {name: run_eval(step, name, write) for name in setup.networks.trainable}
-    return results[config.export]
+    """Evaluates every trainable network (and its EMA when config.ema is on); returns the
+    exported one's result (the EMA's when on)."""
+    names = list(setup.networks.trainable)
+    if config.ema.decay > 0:
+      names += [f'{name}_ema' for name in setup.networks.trainable]
+    results = {name: run_eval(step, name, write) for name in names}
+    return results[exported_name(config)]
 
   def save(step):
     if not manager.has(step):

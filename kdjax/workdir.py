@@ -135,22 +135,17 @@ def _same(a, b):
   return normal(a) == normal(b)
 
 
-def _base_defaults() -> dict:
-  from kdjax import config_base  # pylint: disable=g-import-not-at-top
-  return _flatten(json.loads(config_base.base_config().to_json_best_effort()))
-
-
-def config_changes(saved: dict, now: dict) -> tuple[list, list]:
+def config_changes(saved: dict, now: dict, defaults: dict | None = None) -> tuple[list, list]:
   """([trajectory changes], [harmless changes]) between two configs as JSON dicts, each
-  change as 'key: old -> new'. A key the saved config lacks (the run started before kdjax had
-  it) is no change while it holds its default, which keeps the earlier behaviour."""
+  change as 'key: old -> new'. A key the saved config lacks counts as its value in `defaults`
+  (config_base's), so a key added to kdjax after the run started is no change at its default."""
   old, new = _flatten(saved), _flatten(now)
-  defaults = _base_defaults()
+  old = {**{k: v for k, v in _flatten(defaults or {}).items() if k in new}, **old}
   cosine = new.get('optimizer.schedule') == 'cosine' or old.get('optimizer.schedule') == 'cosine'
   trajectory, harmless = [], []
   for key in sorted(set(old) | set(new)):
     a, b = old.get(key, '<absent>'), new.get(key, '<absent>')
-    if _same(a, b) or (key not in old and key in defaults and _same(defaults[key], b)):
+    if _same(a, b):
       continue
     change = f'{key}: {json.dumps(a)} -> {json.dumps(b)}'
     if key in HARMLESS_KEYS or (key in LENGTH_KEYS and not cosine):

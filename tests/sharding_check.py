@@ -3,7 +3,8 @@
 Run by tests/test_train.py in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8
 (the flag must be set before JAX starts). Usage: python tests/sharding_check.py DATA_DIR [crd]
 With `crd`, the objective is CE + CRD and the output also says whether every device holds the
-same memory banks.
+same memory banks. With `aug`, the student is a tiny ViT with stochastic depth, trained with
+Mixup / CutMix and an EMA of its weights (compared too).
 """
 
 import itertools
@@ -36,7 +37,7 @@ def run(devices, config, setup, batches):
       all(np.array_equal(np.asarray(s.data), np.asarray(leaf.addressable_shards[0].data))
           for s in leaf.addressable_shards)
       for leaf in jax.tree.leaves(state.batch_stats))
-  return history, jax.device_get((state.params, state.batch_stats)), replicas_agree
+  return history, jax.device_get((state.params, state.batch_stats, state.ema)), replicas_agree
 
 
 def main(data_dir, mode=''):
@@ -46,6 +47,15 @@ def main(data_dir, mode=''):
     config.student.model = 'digits_cnn'      # has BatchNorm: statistics must span the devices
     config.losses.dkd = dict(weight=1.0, warmup_epochs=2, alpha=1.0, beta=8.0, temperature=4.0)
     config.input.num_labeled = 0
+    if mode == 'aug':
+      import tiny_models  # pylint: disable=g-import-not-at-top  (tests/, next to this script)
+      from kdjax import models  # pylint: disable=g-import-not-at-top
+      models.MODELS[tiny_models.NAME] = tiny_models.vit_tiny_test
+      config.student.model = tiny_models.NAME
+      config.student.drop_path_rate = 0.3
+      config.mixup.update(mixup_alpha=0.8, cutmix_alpha=1.0, prob=0.9)
+      config.ema.decay = 0.9
+      config.optimizer.clip_grad_norm = 1.0
     if mode == 'crd':
       config.losses = dict(ce=dict(weight=1.0), crd=dict(weight=0.8, num_negatives=256))
       config.input.add_index = True

@@ -227,12 +227,13 @@ def test_config_changes_are_classified():
 
 def test_a_key_added_since_the_run_started_is_no_change_at_its_default():
   # A run saved before kdjax had input.random_erasing resumes; a non-default value is a change.
+  defaults = {'seed': 0, 'input': {'image_size': 8, 'random_erasing': 0.0}}
   saved = {'seed': 0, 'input': {'image_size': 8}}
   at_default = {'seed': 0, 'input': {'image_size': 8, 'random_erasing': 0.0}}
-  assert workdir_lib.config_changes(saved, at_default) == ([], [])
+  assert workdir_lib.config_changes(saved, at_default, defaults) == ([], [])
   changed = {'seed': 0, 'input': {'image_size': 8, 'random_erasing': 0.25}}
-  assert workdir_lib.config_changes(saved, changed)[0] == [
-      'input.random_erasing: "<absent>" -> 0.25']
+  assert workdir_lib.config_changes(saved, changed, defaults)[0] == [
+      'input.random_erasing: 0.0 -> 0.25']
 
 
 # --------------------------------------------------------------------------------------------

@@ -209,6 +209,33 @@ def cross_entropy(logits, labels, *, label_smoothing=0.0):
   return _masked_mean(per_sample, valid)
 
 
+def soft_cross_entropy(logits, targets, *, label_smoothing=0.0):
+  r"""Mean cross-entropy against soft targets (Mixup / CutMix), with label smoothing.
+
+  .. math::
+    \mathrm{CE} = \frac{1}{B} \sum_b -\sum_k \big((1 - \epsilon)\, t_{b,k} + \epsilon / K\big)
+      \log \mathrm{softmax}(z_b)_k
+
+  The smoothed target equals timm's ``mixup_target(y, K, lam, smoothing=eps)`` when ``t`` is the
+  mixed one-hot ``lam onehot(y) + (1 - lam) onehot(y_flipped)``, and the loss then equals
+  timm's ``SoftTargetCrossEntropy``; with one-hot ``t`` it equals ``cross_entropy``.
+
+  Args:
+    logits: ``[B, K]`` logits (any float dtype; computed in float32).
+    targets: ``[B, K]`` non-negative rows summing to 1.
+    label_smoothing: ``eps`` in ``[0, 1)``.
+
+  Returns:
+    float32 scalar, the mean over all rows.
+  """
+  logits = as_f32(logits)
+  targets = as_f32(targets)
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  if not (isinstance(label_smoothing, (int, float)) and label_smoothing == 0):
+    targets = (1.0 - label_smoothing) * targets + label_smoothing / logits.shape[-1]
+  return jnp.mean(-jnp.sum(targets * log_p, axis=-1))
+
+
 def kl_divergence(teacher_logits, student_logits):
   r"""Per-sample ``KL(p_t || p_s)`` at temperature 1 (for evaluators and logging).
 

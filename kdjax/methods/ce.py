@@ -7,6 +7,8 @@ from kdjax.methods.registry import register
 
 def _loss(x, *, label_smoothing):
   logits, = x.student or x.peer  # `network` picks which one is read
+  if x.targets is not None:  # Mixup / CutMix: the mixed one-hot targets, smoothed.
+    return losses.soft_cross_entropy(logits, x.targets, label_smoothing=label_smoothing)
   return losses.cross_entropy(logits, x.labels, label_smoothing=label_smoothing)
 
 

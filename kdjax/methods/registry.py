@@ -43,7 +43,8 @@ class Inputs(NamedTuple):
   teacher: tuple = ()
   peer: tuple = ()
   connector: Any = None    # the connector's output (a NamedTuple of the method's module)
-  labels: Any = None       # int32 [B], -1 = unlabeled
+  labels: Any = None       # int32 [B], -1 = unlabeled; with mixup the dominant class of `targets`
+  targets: Any = None      # float32 [B, K] mixed one-hot targets with mixup/cutmix on, else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,10 +176,11 @@ class Term:
                                  self.select(shapes, 'teacher') if 'teacher' in shapes else (),
                                  **self.connector_hparams)
 
-  def __call__(self, outputs: dict, labels, connector_output=None):
-    """The term's value from the networks' taps ({network: {tap: array}}) and labels."""
+  def __call__(self, outputs: dict, labels, connector_output=None, targets=None):
+    """The term's value from the networks' taps ({network: {tap: array}}), labels and, with
+    mixup on, the soft targets."""
     inputs = Inputs(**{net: self.select(outputs, net) for net in self.reads},
-                    connector=connector_output, labels=labels)
+                    connector=connector_output, labels=labels, targets=targets)
     fn = lambda x: self.method.loss(x, **self.hparams, **self.constants)
     return grouped_mean(fn, inputs, self.group_size)
 

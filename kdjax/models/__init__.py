@@ -5,6 +5,8 @@ logits ``[B, num_classes]`` from NHWC input, float32 params, an optional compute
 ``dtype``, and ``tap_aliases()`` (friendly tap name -> Flax intermediates path).
 """
 
+import inspect
+
 import jax.numpy as jnp
 
 from kdjax.errors import KdjaxError
@@ -36,11 +38,20 @@ def model_names():
   return sorted(MODELS)
 
 
-def get_model(name, *, num_classes, dtype=jnp.float32, config_key='model'):
+def supported_options(name):
+  """The training options model ``name``'s constructor takes (e.g. ``drop_path_rate``)."""
+  params = inspect.signature(MODELS[name]).parameters
+  return sorted(set(params) - {'num_classes', 'dtype'})
+
+
+def get_model(name, *, num_classes, dtype=jnp.float32, config_key='model', **options):
   """Builds model ``name`` with ``num_classes`` outputs and compute ``dtype``.
 
   ``config_key`` names the config entry the name came from (e.g. 'student.model'),
-  for the error message. Raises KdjaxError for an unknown name or a bad class count.
+  for the error message. ``options`` are training options only some models take, e.g.
+  ``drop_path_rate`` (stochastic depth: ViT/DeiT, Swin, ConvNeXt, Mixer/ResMLP); an option a
+  model does not take is ignored when it is falsy (0, its off value) and a KdjaxError otherwise.
+  Raises KdjaxError for an unknown name or a bad class count.
   """
   if name not in MODELS:
     raise KdjaxError(
@@ -50,4 +61,14 @@ def get_model(name, *, num_classes, dtype=jnp.float32, config_key='model'):
     raise KdjaxError(
         f'num_classes must be a positive integer for model {name!r}, got {num_classes!r}'
     )
-  return MODELS[name](num_classes=num_classes, dtype=dtype)
+  supported = supported_options(name)
+  for key, value in list(options.items()):
+    if key not in supported:
+      if value:
+        prefix = config_key.rsplit('.', 1)[0] + '.' if '.' in config_key else ''
+        takers = [m for m in model_names() if key in supported_options(m)]
+        raise KdjaxError(f'model {name!r} ({config_key}) does not support {key} '
+                         f'({prefix}{key}={value!r}); set it to 0 or use a model that does: '
+                         f'{", ".join(takers)}')
+      del options[key]
+  return MODELS[name](num_classes=num_classes, dtype=dtype, **options)

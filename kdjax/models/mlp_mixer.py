@@ -21,6 +21,10 @@ Taps (``tap_aliases()``): ``stage1`` .. ``stage4`` the tokens after blocks depth
 ``[B, H/16, W/16, D]`` (``stage4`` before the final norm); ``tokens`` every token after the last
 block ``[B, N, D]`` (before the final norm); ``pooled`` the mean of the final-normed tokens (what
 the head reads); ``logits``.
+
+Stochastic depth (``drop_path_rate``): the same rate in every block, on both residual branches,
+as timm 1.0.31's ``MlpMixer`` does (ResMLP included), not the linear rule of ViT / Swin /
+ConvNeXt; training mode only, with the ``'dropout'`` rng; no parameters.
 """
 
 from typing import Any
@@ -31,6 +35,7 @@ import jax.numpy as jnp
 from kdjax.layers import Mlp
 from kdjax.layers import PatchEmbed
 from kdjax.layers import check_input
+from kdjax.layers import drop_path
 from kdjax.layers import layer_norm
 from kdjax.layers import lecun_normal
 from kdjax.layers import torch_dense
@@ -65,16 +70,19 @@ class MixerBlock(nn.Module):
   tokens_dim: int
   channels_dim: int
   dtype: Any = jnp.float32
+  drop_path_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
     n = x.shape[1]
     mlp = lambda hidden, out, name: Mlp(hidden, out, self.dtype, xavier_uniform,
                                            _normal_1e6, name=name)
     y = layer_norm(LN_EPS, 'norm1', self.dtype)(x)
-    x = x + mlp(self.tokens_dim, n, 'mlp_tokens')(y.transpose(0, 2, 1)).transpose(0, 2, 1)
+    y = mlp(self.tokens_dim, n, 'mlp_tokens')(y.transpose(0, 2, 1)).transpose(0, 2, 1)
+    x = x + drop_path(self, y, self.drop_path_rate, train)
     y = layer_norm(LN_EPS, 'norm2', self.dtype)(x)
-    return x + mlp(self.channels_dim, self.dim, 'mlp_channels')(y)
+    y = mlp(self.channels_dim, self.dim, 'mlp_channels')(y)
+    return x + drop_path(self, y, self.drop_path_rate, train)
 
 
 class ResBlock(nn.Module):
@@ -84,20 +92,21 @@ class ResBlock(nn.Module):
   channels_dim: int
   init_values: float = 1e-4
   dtype: Any = jnp.float32
+  drop_path_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
     n = x.shape[1]
     ls1 = self.param('ls1', nn.initializers.constant(self.init_values), (self.dim,), jnp.float32)
     ls2 = self.param('ls2', nn.initializers.constant(self.init_values), (self.dim,), jnp.float32)
     y = Affine(self.dim, self.dtype, name='norm1')(x)
     y = torch_dense(n, kernel_init=xavier_uniform, bias_init=nn.initializers.zeros,
                     dtype=self.dtype, name='linear_tokens')(y.transpose(0, 2, 1)).transpose(0, 2, 1)
-    x = x + ls1.astype(self.dtype) * y
+    x = x + drop_path(self, ls1.astype(self.dtype) * y, self.drop_path_rate, train)
     y = Affine(self.dim, self.dtype, name='norm2')(x)
     y = Mlp(self.channels_dim, self.dim, self.dtype, xavier_uniform, _normal_1e6,
                name='mlp_channels')(y)
-    return x + ls2.astype(self.dtype) * y
+    return x + drop_path(self, ls2.astype(self.dtype) * y, self.drop_path_rate, train)
 
 
 class MlpMixer(nn.Module):
@@ -111,12 +120,12 @@ class MlpMixer(nn.Module):
   num_classes: int = 1000
   dtype: Any = jnp.float32
   arch: str = 'mixer'
+  drop_path_rate: float = 0.0   # stochastic depth, the same in every block (as timm's MlpMixer)
 
   torch_layout = 'timm'
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    del train
     check_input(x, self.arch, multiple=self.patch_size, why=f'patch size {self.patch_size}')
     x, grid = PatchEmbed(self.patch_size, self.embed_dim, self.dtype, kernel_init=lecun_normal,
                          bias_init=nn.initializers.zeros, name='stem')(x.astype(self.dtype))
@@ -125,9 +134,10 @@ class MlpMixer(nn.Module):
     for i in range(self.num_blocks):
       if self.block == 'mixer':
         x = MixerBlock(self.embed_dim, tokens_dim, channels_dim, self.dtype,
-                       name=f'blocks_{i}')(x)
+                       self.drop_path_rate, name=f'blocks_{i}')(x, train)
       else:
-        x = ResBlock(self.embed_dim, channels_dim, dtype=self.dtype, name=f'blocks_{i}')(x)
+        x = ResBlock(self.embed_dim, channels_dim, dtype=self.dtype,
+                     drop_path_rate=self.drop_path_rate, name=f'blocks_{i}')(x, train)
       if i in ends:
         self.sow('intermediates', f'stage{ends.index(i) + 1}', tokens_to_grid(x, grid))
     self.sow('intermediates', 'tokens', x)
@@ -150,16 +160,16 @@ class MlpMixer(nn.Module):
     return aliases
 
 
-def mixer_b16_224(*, num_classes=1000, dtype=jnp.float32):
+def mixer_b16_224(*, num_classes=1000, dtype=jnp.float32, drop_path_rate=0.0):
   """Mixer-B/16 (timm): patch 16, width 768, 12 blocks, token MLP 384, channel MLP 3072."""
   return MlpMixer(16, 768, 12, (0.5, 4.0), 'mixer', num_classes=num_classes, dtype=dtype,
-                  arch='mixer_b16_224')
+                  arch='mixer_b16_224', drop_path_rate=drop_path_rate)
 
 
-def resmlp_12_224(*, num_classes=1000, dtype=jnp.float32):
+def resmlp_12_224(*, num_classes=1000, dtype=jnp.float32, drop_path_rate=0.0):
   """ResMLP-12 (timm): patch 16, width 384, 12 blocks, channel MLP 1536, Affine norms."""
   return MlpMixer(16, 384, 12, (4.0, 4.0), 'resmlp', num_classes=num_classes, dtype=dtype,
-                  arch='resmlp_12_224')
+                  arch='resmlp_12_224', drop_path_rate=drop_path_rate)
 
 
 MODELS = {'mixer_b16_224': mixer_b16_224, 'resmlp_12_224': resmlp_12_224}

@@ -18,6 +18,10 @@ Taps (``tap_aliases()``): ``stage1`` .. ``stage4`` the four stages' outputs as t
 (``[B, H/4, W/4, C]`` ... ``[B, H/32, W/32, 8C]``, before the final norm); ``tokens`` the last
 stage flattened ``[B, HW/1024, 8C]`` (before the final norm; Swin has no class token);
 ``pooled`` the mean of the final-normed tokens (what the head reads); ``logits``.
+
+Stochastic depth (``drop_path_rate``, timm's): rates ``linspace(0, drop_path_rate, sum(depths))``
+over all blocks in order, on each block's attention and MLP branches, training mode only, with
+the ``'dropout'`` rng; no parameters.
 """
 
 from typing import Any, Sequence
@@ -31,6 +35,8 @@ from kdjax.layers import PatchEmbed
 from kdjax.layers import TIMM_INIT
 from kdjax.layers import attention
 from kdjax.layers import check_input
+from kdjax.layers import drop_path
+from kdjax.layers import drop_path_rates
 from kdjax.layers import layer_norm
 from kdjax.layers import torch_dense
 from kdjax.layers import trunc_normal_02
@@ -107,9 +113,10 @@ class SwinBlock(nn.Module):
   shift: int
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
+  drop_path_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
     b, h, w, c = x.shape
     y = layer_norm(LN_EPS, 'norm1', self.dtype)(x)
     mask = None
@@ -121,9 +128,10 @@ class SwinBlock(nn.Module):
     y = window_reverse(y, self.window, h, w)
     if self.shift:
       y = jnp.roll(y, (self.shift, self.shift), axis=(1, 2))
-    x = x + y
+    x = x + drop_path(self, y, self.drop_path_rate, train)
     y = layer_norm(LN_EPS, 'norm2', self.dtype)(x)
-    return x + Mlp(int(c * self.mlp_ratio), c, self.dtype, name='mlp')(y)
+    y = Mlp(int(c * self.mlp_ratio), c, self.dtype, name='mlp')(y)
+    return x + drop_path(self, y, self.drop_path_rate, train)
 
 
 class PatchMerging(nn.Module):
@@ -152,17 +160,19 @@ class SwinStage(nn.Module):
   downsample: bool
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
+  drop_path_rates: Sequence[float] = ()   # one per block; () = none
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
     if self.downsample:
       x = PatchMerging(self.dim, self.dtype, name='downsample')(x)
     grid = min(x.shape[1], x.shape[2])
     window = min(self.window, grid)
     for j in range(self.depth):
       shift = 0 if j % 2 == 0 or grid <= self.window else window // 2
-      x = SwinBlock(self.dim, self.num_heads, window, shift, self.mlp_ratio, self.dtype,
-                    name=f'blocks_{j}')(x)
+      rate = self.drop_path_rates[j] if self.drop_path_rates else 0.0
+      x = SwinBlock(self.dim, self.num_heads, window, shift, self.mlp_ratio, self.dtype, rate,
+                    name=f'blocks_{j}')(x, train)
     return x
 
 
@@ -189,6 +199,7 @@ class SwinTransformer(nn.Module):
   num_classes: int = 1000
   dtype: Any = jnp.float32
   arch: str = 'swin'
+  drop_path_rate: float = 0.0   # stochastic depth of the last block (timm's linear rule)
 
   torch_layout = 'timm'
 
@@ -202,14 +213,16 @@ class SwinTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    del train
     self.check_input(x)
     x = PatchEmbed(self.patch_size, self.embed_dim, self.dtype, norm_eps=LN_EPS, flatten=False,
                    name='patch_embed')(x.astype(self.dtype))
+    rates = drop_path_rates(self.drop_path_rate, sum(self.depths))  # over all blocks
+    starts = np.cumsum((0,) + tuple(self.depths))
     for i, depth in enumerate(self.depths):
       x = SwinStage(self.embed_dim * 2**i, depth, self.num_heads[i], self.window_size,
                     downsample=i > 0, mlp_ratio=self.mlp_ratio, dtype=self.dtype,
-                    name=f'layers_{i}')(x)
+                    drop_path_rates=tuple(rates[starts[i]:starts[i + 1]]),
+                    name=f'layers_{i}')(x, train)
     b, h, w, c = x.shape
     tokens = x.reshape(b, h * w, c)
     self.sow('intermediates', 'tokens', tokens)
@@ -225,10 +238,11 @@ class SwinTransformer(nn.Module):
     return aliases
 
 
-def swin_tiny_patch4_window7_224(*, num_classes=1000, dtype=jnp.float32):
+def swin_tiny_patch4_window7_224(*, num_classes=1000, dtype=jnp.float32, drop_path_rate=0.0):
   """Swin-T (timm): patch 4, window 7, width 96, depths (2, 2, 6, 2), heads (3, 6, 12, 24)."""
   return SwinTransformer(4, 96, (2, 2, 6, 2), (3, 6, 12, 24), 7, num_classes=num_classes,
-                         dtype=dtype, arch='swin_tiny_patch4_window7_224')
+                         dtype=dtype, arch='swin_tiny_patch4_window7_224',
+                         drop_path_rate=drop_path_rate)
 
 
 MODELS = {'swin_tiny_patch4_window7_224': swin_tiny_patch4_window7_224}

@@ -24,6 +24,10 @@ Taps (``tap_aliases()``):
   ``pooled``: the final-normed class token ``[B, D]`` (what ``head`` reads).
   ``logits``: the head's output.
   ``blockK``: raw path ``blocks_K`` (tokens after block K, 0-based).
+
+Stochastic depth (``drop_path_rate``, timm's): block ``i`` drops its attention and MLP branches
+per example at rate ``drop_path_rate * i / (depth - 1)``, in training mode only, with the
+``'dropout'`` rng. It adds no parameters.
 """
 
 from typing import Any
@@ -36,6 +40,8 @@ from kdjax.layers import PatchEmbed
 from kdjax.layers import TIMM_INIT
 from kdjax.layers import attention
 from kdjax.layers import check_input
+from kdjax.layers import drop_path
+from kdjax.layers import drop_path_rates
 from kdjax.layers import layer_norm
 from kdjax.layers import torch_dense
 from kdjax.layers import trunc_normal_02
@@ -60,19 +66,23 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-  """timm pre-norm transformer ``Block``: x + attn(norm1(x)); x + mlp(norm2(x))."""
+  """timm pre-norm transformer ``Block``: x + dp(attn(norm1(x))); x + dp(mlp(norm2(x))),
+  ``dp`` = stochastic depth at ``drop_path_rate`` (training only)."""
 
   dim: int
   num_heads: int
   mlp_ratio: float = 4.0
   dtype: Any = jnp.float32
+  drop_path_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x):
-    x = x + Attention(self.dim, self.num_heads, self.dtype, name='attn')(
+  def __call__(self, x, train: bool = False):
+    y = Attention(self.dim, self.num_heads, self.dtype, name='attn')(
         layer_norm(LN_EPS, 'norm1', self.dtype)(x))
+    x = x + drop_path(self, y, self.drop_path_rate, train)
     y = layer_norm(LN_EPS, 'norm2', self.dtype)(x)
-    return x + Mlp(int(self.dim * self.mlp_ratio), self.dim, self.dtype, name='mlp')(y)
+    y = Mlp(int(self.dim * self.mlp_ratio), self.dim, self.dtype, name='mlp')(y)
+    return x + drop_path(self, y, self.drop_path_rate, train)
 
 
 class VisionTransformer(nn.Module):
@@ -86,12 +96,12 @@ class VisionTransformer(nn.Module):
   num_classes: int = 1000
   dtype: Any = jnp.float32
   arch: str = 'vit'
+  drop_path_rate: float = 0.0   # stochastic depth of the last block (timm's linear rule)
 
   torch_layout = 'timm'
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    del train  # No BatchNorm, no dropout.
     check_input(x, self.arch, multiple=self.patch_size, why=f'patch size {self.patch_size}')
     x = x.astype(self.dtype)
     tokens, grid = PatchEmbed(self.patch_size, self.embed_dim, self.dtype,
@@ -102,9 +112,10 @@ class VisionTransformer(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls_token.astype(self.dtype), (b, 1, d)), tokens], 1)
     x = x + pos_embed.astype(self.dtype)
     ends = stage_blocks(self.depth)
+    rates = drop_path_rates(self.drop_path_rate, self.depth)
     for i in range(self.depth):
-      x = Block(self.embed_dim, self.num_heads, self.mlp_ratio, self.dtype,
-                name=f'blocks_{i}')(x)
+      x = Block(self.embed_dim, self.num_heads, self.mlp_ratio, self.dtype, rates[i],
+                name=f'blocks_{i}')(x, train)
       if i in ends:
         self.sow('intermediates', f'stage{ends.index(i) + 1}', tokens_to_grid(x, grid, 1))
     self.sow('intermediates', 'tokens', x)
@@ -124,10 +135,10 @@ class VisionTransformer(nn.Module):
 
 
 def _vit(arch, patch_size, embed_dim, depth, num_heads):
-  def build(*, num_classes=1000, dtype=jnp.float32):
+  def build(*, num_classes=1000, dtype=jnp.float32, drop_path_rate=0.0):
     return VisionTransformer(patch_size=patch_size, embed_dim=embed_dim, depth=depth,
                              num_heads=num_heads, num_classes=num_classes, dtype=dtype,
-                             arch=arch)
+                             arch=arch, drop_path_rate=drop_path_rate)
   build.__name__ = arch
   build.__doc__ = (f'{arch}: ViT patch {patch_size}, width {embed_dim}, depth {depth}, '
                    f'{num_heads} heads (timm).')
