@@ -1,17 +1,11 @@
-r"""OFA-KD (Hao et al., NeurIPS 2023), ImageNet, ConvNeXt-T -> ResMLP-S12.
+r"""OFA-KD, ImageNet: ConvNeXt-T -> ResMLP-S12 (docs/methods.md#ofa).
 
   python -m kdjax.main --config=configs/ofa_convnextt_resmlps12.py --workdir=W \
       --config.teacher.checkpoint=TEACHER
 
-Teacher `convnext_tiny`: timm's ImageNet weights of `convnext_tiny` saved as .safetensors
-(`timm.create_model('convnext_tiny', pretrained=True)`, then
-`safetensors.torch.save_file(model.state_dict(), 't.safetensors')`), or a kdjax workdir or export of
-the same model. Student `resmlp_12_224` from scratch, OFAKD's ViT/MLP-student recipe
-for this dataset (`kdjax.recipes.ofa_pair`, docs/methods.md#ofa): CE with label smoothing 0.1 +
-OFA (eps 1.5, the value OFAKD's README uses on ImageNet; the paper tunes eps per pair
-and its repository does not list them) on the logits and on branches from stages 1-4.
-Hardware: 8 GPUs or a TPU pod slice (global batch 1,024, 300 epochs). `:smoke`: 4 steps of batch 8
-on a CPU (needs imagenet2012 prepared in data_dir).
+TEACHER: weights of `convnext_tiny` (docs/methods.md#ofa-teachers). OFAKD's ViT/MLP-student recipe
+for ImageNet (`recipes.ofa_pair`), eps 1.5.
+Hardware: 8 GPUs or a TPU slice (global batch 1,024, 300 epochs); `:smoke` runs on a CPU.
 Expected top-1: student alone 76.65; OFA 77.53 (quoted from the paper by a later paper: unverified).
 Not yet reproduced with kdjax.
 """
@@ -21,6 +15,6 @@ from kdjax import recipes
 
 
 def get_config(arg=None):
-  c = recipes.ofa_pair(arg, dataset='imagenet2012', teacher='convnext_tiny',
-                       student='resmlp_12_224', eps=1.5)
-  return config_base.lock_config(c)
+  return config_base.lock_config(recipes.ofa_pair(
+      arg, dataset='imagenet2012', teacher='convnext_tiny',
+      student='resmlp_12_224', eps=1.5))

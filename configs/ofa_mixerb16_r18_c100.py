@@ -1,17 +1,11 @@
-r"""OFA-KD (Hao et al., NeurIPS 2023), CIFAR-100 at 224x224, Mixer-B/16 -> ResNet-18.
+r"""OFA-KD, CIFAR-100 at 224x224: Mixer-B/16 -> ResNet-18 (docs/methods.md#ofa).
 
   python -m kdjax.main --config=configs/ofa_mixerb16_r18_c100.py --workdir=W \
       --config.teacher.checkpoint=TEACHER
 
-Teacher `mixer_b16_224`: OFAKD's CIFAR-100 fine-tuned `mixer_b16_224` (its GitHub release
-`checkpoint-cifar100`, a timm state dict: `.pth` with torch installed, or re-saved as .safetensors),
-or a kdjax workdir of the same model trained on cifar100 at 224. Student `resnet18` from scratch,
-OFAKD's CNN-student recipe
-for this dataset (`kdjax.recipes.ofa_pair`, docs/methods.md#ofa): CE with label smoothing 0.1 +
-OFA (eps 1.0, the value OFAKD's README uses on CIFAR-100; the paper tunes eps per pair
-and its repository does not list them) on the logits and on branches from stages 1-4.
-Hardware: 8 GPUs or a TPU slice (global batch 1,024, 300 epochs, 224x224 inputs). `:smoke`: 4 steps
-of batch 8 on a CPU (needs cifar100 prepared in data_dir).
+TEACHER: weights of `mixer_b16_224` (docs/methods.md#ofa-teachers). OFAKD's CNN-student recipe for
+CIFAR-100 (`recipes.ofa_pair`), eps 1.0.
+Hardware: 8 GPUs or a TPU slice (global batch 1,024, 300 epochs); `:smoke` runs on a CPU.
 Expected top-1: student alone 74.01 (OFAKD issue #14); OFA not found in a source stored here. Not
 yet reproduced with kdjax.
 """
@@ -21,6 +15,6 @@ from kdjax import recipes
 
 
 def get_config(arg=None):
-  c = recipes.ofa_pair(arg, dataset='cifar100', teacher='mixer_b16_224',
-                       student='resnet18', eps=1.0)
-  return config_base.lock_config(c)
+  return config_base.lock_config(recipes.ofa_pair(
+      arg, dataset='cifar100', teacher='mixer_b16_224',
+      student='resnet18', eps=1.0))
