@@ -202,7 +202,7 @@ def test_terms_compose_without_code_changes(digits_data_dir):
                                   temperature=4.0),
                          dist=dict(weight=2.0, temperature=4.0, group_size=16),
                          wsl=dict(weight=0.5, temperature=2.0),
-                         ofa=dict(weight=1.0, eps=1.5))
+                         ofa=dict(weight=1.0, eps=1.5, stages=()))  # logits only: mlp32
   metrics = conftest.Run(config).step()
   terms = {k[5:]: float(v) for k, v in metrics.items() if k.startswith('loss/')}
   assert set(terms) == {'ce', 'dkd', 'dist', 'wsl', 'ofa'}
