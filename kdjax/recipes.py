@@ -197,8 +197,6 @@ def ofa_pair(arg, *, dataset, teacher, student, eps):
                        min_learning_rate=1e-6 if dataset == 'imagenet2012' else 1e-5,
                        clip_grad_norm=5.0, decay_epochs=())
     c.input.update(randaugment='rand-m9-mstd0.5-inc1', random_erasing=0.25)
-    if dataset == 'cifar100':  # DeiT's interpolation and eval resize for every token student
-      c.input.train_augment = 'random_resized_crop_flip'
     c.mixup.update(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5)
     if dataset == 'imagenet2012':
       c.ema.decay = 0.99996

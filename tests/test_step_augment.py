@@ -30,6 +30,16 @@ from kdjax.quickstart import load_recipe
 
 
 @pytest.fixture
+
+def _override(config, overrides):
+  """Sets dotted keys ('mixup.prob') of `config` (unlocked by the caller)."""
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+
 def tiny_vit(monkeypatch):
   monkeypatch.setitem(models.MODELS, tiny_models.NAME, tiny_models.vit_tiny_test)
   return tiny_models.NAME
@@ -45,12 +55,7 @@ def _vit_config(data_dir, **overrides):
     config.student.drop_path_rate = 0.2
     config.mixup.update(mixup_alpha=0.8, cutmix_alpha=1.0)
     config.ema.decay = 0.9
-    for key, value in overrides.items():
-      node = config
-      *parents, leaf = key.split('.')
-      for part in parents:
-        node = node[part]
-      node[leaf] = value
+    _override(config, overrides)
   return config
 
 
@@ -322,12 +327,7 @@ def _digits_short(data_dir, steps, **overrides):
     config.checkpoint_every_steps = 2
     config.log_every_steps = 2
     config.eval_every_epochs = 2 / 18  # 18 steps per epoch: every 2 steps
-    for key, value in overrides.items():
-      node = config
-      *parents, leaf = key.split('.')
-      for part in parents:
-        node = node[part]
-      node[leaf] = value
+    _override(config, overrides)
   return config
 
 
