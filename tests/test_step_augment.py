@@ -29,8 +29,6 @@ from kdjax.errors import KdjaxError
 from kdjax.quickstart import load_recipe
 
 
-@pytest.fixture
-
 def _override(config, overrides):
   """Sets dotted keys ('mixup.prob') of `config` (unlocked by the caller)."""
   for key, value in overrides.items():
@@ -40,6 +38,8 @@ def _override(config, overrides):
       node = node[part]
     node[leaf] = value
 
+
+@pytest.fixture
 def tiny_vit(monkeypatch):
   monkeypatch.setitem(models.MODELS, tiny_models.NAME, tiny_models.vit_tiny_test)
   return tiny_models.NAME
