@@ -121,7 +121,7 @@ def format_table(results) -> str:
 
 def main(argv):
   del argv
-  logs.setup()
+  logs.setup(logs.verbosity_flag())
   try:
     results = benchmark(_CONFIG.value, FLAGS.steps)
   except KdjaxError as e:

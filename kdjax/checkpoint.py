@@ -16,10 +16,10 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import time
 
-from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,6 +27,8 @@ import orbax.checkpoint as ocp
 
 from kdjax import torch_import
 from kdjax.errors import KdjaxError
+
+log = logging.getLogger(__name__)  # kdjax.* loggers: shown at INFO (kdjax/logs.py)
 
 EXPORT_METADATA = 'kdjax_export.json'
 _PACKAGES = ('kdjax', 'jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint',
@@ -89,7 +91,7 @@ class Manager:
       except Exception as e:  # pylint: disable=broad-except  Orbax/tensorstore/shape errors.
         reason = f'{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""}'
         errors.append((step, reason))
-        logging.warning('The checkpoint at step %d in %s cannot be restored (%s); trying the '
+        log.warning('The checkpoint at step %d in %s cannot be restored (%s); trying the '
                         'one before it.', step, self.directory, reason)
         continue
       if errors:
@@ -128,7 +130,7 @@ class Manager:
         source = os.path.join(self.directory, str(step))
         if os.path.exists(source):
           os.replace(source, os.path.join(aside, f'{step}.{int(time.time())}'))
-          logging.warning('Moved the damaged checkpoint of step %d to %s.', step, aside)
+          log.warning('Moved the damaged checkpoint of step %d to %s.', step, aside)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices('kdjax_damaged_checkpoints_moved')
@@ -315,7 +317,7 @@ def load_teacher(path, model, input_shape, *, allow_random=False, seed=0):
     if not allow_random:
       raise KdjaxError('teacher.checkpoint is empty: set --config.teacher.checkpoint to a kdjax '
                        'workdir or export folder (only :smoke recipes may use a random teacher)')
-    logging.warning('SMOKE RUN: the teacher is RANDOMLY INITIALISED (no teacher.checkpoint); '
+    log.warning('SMOKE RUN: the teacher is RANDOMLY INITIALISED (no teacher.checkpoint); '
                     'its numbers mean nothing.')
     variables = random_teacher(model, input_shape, seed)
     return variables, {'source': 'random-init (smoke)', 'sha256': tree_hash(variables)}

@@ -29,6 +29,24 @@ def unknown_key_message(error, argv):
   return f"unknown config key '{key}' in {culprit}; the recipe declares no such key ({fix})"
 
 
+def resolve_recipe_paths(argv):
+  """`argv` with `--config=NAME[:arg]` pointed at the installed recipe file when NAME is not a
+  file here: `--config=configs/dkd_r34_r18.py` then works outside a checkout too, and so does
+  the short `--config=dkd_r34_r18:smoke`."""
+  from kdjax import recipes  # pylint: disable=g-import-not-at-top
+  resolved = []
+  for a in argv:
+    if a.startswith('--config='):
+      file, colon, arg = a[len('--config='):].partition(':')
+      if file and not os.path.isfile(file):
+        try:
+          a = f'--config={recipes.path(file)}{colon}{arg}'
+        except KdjaxError:
+          pass  # Reported below as a missing file.
+    resolved.append(a)
+  return resolved
+
+
 def config_flags_parser(config_flag, *, require_workdir):
   """An absl `flags_parser` that loads the recipe at once and turns every mistake into one line.
 
@@ -38,14 +56,15 @@ def config_flags_parser(config_flag, *, require_workdir):
   """
   def parse(argv):
     try:
-      rest = flags.FLAGS(argv)
+      rest = flags.FLAGS(resolve_recipe_paths(argv))
       if not flags.FLAGS['config'].present:
         fail('--config is required, e.g. --config=configs/kd_r32x4_r8x4.py')
       path = flags.FLAGS['config'].serialize().split('=', 1)[-1].split(':', 1)[0]
       if not path:
         fail('--config is required, e.g. --config=configs/kd_r32x4_r8x4.py')
       if not os.path.isfile(path):
-        fail(f"config file '{path}' not found (--config); recipes live in configs/")
+        fail(f"config file '{path}' not found (--config); give a file or a recipe name from "
+             'configs/ (kdjax.recipes.names()), e.g. --config=dkd_r34_r18:smoke')
       if require_workdir and not flags.FLAGS.workdir:
         fail('--workdir is required: the folder for checkpoints and metrics')
       config_flag.value  # noqa: B018  Loads the recipe now, so its errors surface here.

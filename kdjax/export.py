@@ -26,7 +26,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  logs.setup()
+  logs.setup(logs.verbosity_flag())
   try:
     meta = checkpoint.export_workdir(FLAGS.workdir, FLAGS.output)
   except KdjaxError as e:

@@ -58,7 +58,7 @@ def _cluster_size():
 
 def main(argv):
   del argv
-  logs.setup()
+  logs.setup(logs.verbosity_flag())
   initialize_distributed()
   from kdjax import train  # pylint: disable=g-import-not-at-top  (after jax.distributed)
   try:

@@ -1,12 +1,68 @@
-"""Building blocks shared by the recipe files in configs/ (data and optimizer presets).
+"""The recipes by name, and the building blocks the recipe files in configs/ share.
 
-Recipes stay one readable file each; what several of them repeat word for word lives here.
+  config = kdjax.recipes.get('dkd_r34_r18', 'smoke')   # configs/dkd_r34_r18.py:smoke
+  kdjax.recipes.names()                                # every recipe
+
+The recipe files are installed with the package (as `kdjax/configs/`), so this works after a plain
+`pip install`; in a source checkout they are read from its `configs/` folder. Recipes stay one
+readable file each; what several of them repeat word for word lives here.
 """
 
+import importlib.util
 import os
 
 import kdjax
 from kdjax import config_base
+from kdjax.errors import KdjaxError
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(kdjax.__file__))
+
+
+def recipe_dir() -> str:
+  """The folder of the recipe files: the checkout's configs/, else the installed copy."""
+  for folder in (os.path.join(os.path.dirname(_PACKAGE_DIR), 'configs'),
+                 os.path.join(_PACKAGE_DIR, 'configs')):
+    if os.path.isfile(os.path.join(folder, 'digits_kd.py')):
+      return folder
+  raise KdjaxError(f'no recipe folder next to {_PACKAGE_DIR}; reinstall kdjax')
+
+
+def names() -> list[str]:
+  """Every recipe's name (the file name in configs/ without .py), sorted."""
+  return sorted(f[:-3] for f in os.listdir(recipe_dir())
+                if f.endswith('.py') and not f.startswith('_'))
+
+
+def path(name: str) -> str:
+  """The file of recipe `name` ('dkd_r34_r18', 'configs/dkd_r34_r18.py' and
+  'dkd_r34_r18.py' all name the same recipe), or a KdjaxError listing close names."""
+  stem = os.path.basename(name).removesuffix('.py')
+  file = os.path.join(recipe_dir(), f'{stem}.py')
+  if not stem or not os.path.isfile(file):
+    close = [n for n in names() if stem and (stem in n or n.split('_')[0] == stem.split('_')[0])]
+    hint = f"; similar: {', '.join(close[:8])}" if close else ''
+    raise KdjaxError(f"no recipe named '{stem}' (see kdjax.recipes.names()){hint}")
+  return file
+
+
+def _module(name: str):
+  file = path(name)
+  spec = importlib.util.spec_from_file_location(f'kdjax_recipe_{os.path.basename(file)[:-3]}',
+                                                file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get(name: str, arg: str | None = None):
+  """The config of recipe `name` with argument `arg` (e.g. 'smoke'), as the CLI loads
+  `--config=configs/<name>.py:<arg>`; locked, like every recipe."""
+  return _module(name).get_config(arg)
+
+
+def docstring(name: str) -> str:
+  """The recipe's docstring: its command, hardware and expected result."""
+  return _module(name).__doc__ or ''
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
@@ -85,7 +141,7 @@ def digits(arg, *, allowed=('smoke',)):
   c.eval_batch_size = 600
   c.num_train_steps = 1500
   c.log_every_steps = 250
-  c.eval_every_epochs = 0
+  c.eval_every_epochs = 250 / 18  # Every 250 steps (18 per epoch): a held-out curve; cheap.
   c.checkpoint_every_steps = 750
   c.keep_checkpoints = 1
   c.optimizer.update(name='adamw', learning_rate=1e-3, weight_decay=0.0, schedule='constant')

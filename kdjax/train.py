@@ -15,6 +15,7 @@ Everything here is importable from a notebook: `train_and_evaluate(config, workd
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 import shutil
@@ -23,7 +24,6 @@ import threading
 import time
 from typing import Any
 
-from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -32,16 +32,20 @@ import optax
 
 from kdjax import checkpoint
 from kdjax import config_base
+from kdjax import logs
 from kdjax import losses
 from kdjax import methods
 from kdjax import metrics as metrics_lib
 from kdjax import mixup as mixup_lib
 from kdjax import models
+from kdjax import provenance
 from kdjax import taps as taps_lib
 from kdjax import workdir as workdir_lib
 from kdjax.data import input_pipeline
 from kdjax.errors import KdjaxError
 from kdjax.errors import Preempted
+
+log = logging.getLogger(__name__)  # kdjax.* loggers: shown at INFO (kdjax/logs.py)
 
 # --------------------------------------------------------------------------------------------
 # 1. Mesh and sharding
@@ -634,7 +638,7 @@ class StopSignals:
       signal.raise_signal(signum)
       return
     self.received = signum
-    logging.warning('Received %s: saving a checkpoint after this step, then stopping (send it '
+    log.warning('Received %s: saving a checkpoint after this step, then stopping (send it '
                     'again to stop at once).', signal.Signals(signum).name)
 
   def __exit__(self, *exc):
@@ -683,18 +687,38 @@ def _check_resume(config, setup, metadata, workdir):
                      f"in a way that changes training: {'; '.join(trajectory)}; restore it, use "
                      'another --workdir, or pass --config.allow_config_change=True')
   for change in trajectory:
-    logging.warning('Resuming with a changed config (allow_config_change): %s', change)
+    log.warning('Resuming with a changed config (allow_config_change): %s', change)
   for change in harmless:
-    logging.info('Resuming with a changed config: %s', change)
+    log.info('Resuming with a changed config: %s', change)
 
 
-def train_and_evaluate(config, workdir: str, setup: Setup | None = None, mesh=None) -> dict:
+class RunResult(dict):
+  """The exported network's final eval metrics (`top1`, `top5`, ... as fractions), with the
+  run's `workdir` and its `history`: every metrics.jsonl record, a list of dicts that
+  `pandas.DataFrame(result.history)` reads (train lines carry `loss`, eval lines `split`)."""
+
+  def __init__(self, metrics, workdir):
+    super().__init__(metrics)
+    self.workdir = workdir
+
+  @property
+  def history(self) -> list[dict]:
+    return metrics_lib.read_records(self.workdir)
+
+
+def train_and_evaluate(config, workdir: str, setup: Setup | None = None, mesh=None, *,
+                       progress: str = 'auto') -> RunResult:
   """Trains (or resumes) the recipe `config` in `workdir`; returns the final eval metrics.
 
   One run per workdir (a lock). SIGTERM and Ctrl-C save a checkpoint and raise `Preempted`;
   the same call resumes exactly. A non-finite loss or gradient stops the run (KdjaxError) and
   is never saved, or with `on_nonfinite='skip'` the update is skipped and counted.
+
+  `progress`: 'log' (a line every `log_every_steps`), 'bar' (a progress bar; in a notebook a
+  widget), 'none', or 'auto' (the bar inside a Jupyter/Colab kernel, else the log lines).
   """
+  logs.ensure()  # A notebook that set up no logging still sees kdjax's lines.
+  progress = metrics_lib.progress_mode(progress)
   setup = setup or build(config)
   mesh = mesh or make_mesh()
   main_process = jax.process_index() == 0
@@ -709,13 +733,13 @@ def train_and_evaluate(config, workdir: str, setup: Setup | None = None, mesh=No
         shutil.rmtree(workdir, ignore_errors=True)
       raise
   try:
-    return _train(config, workdir, setup, mesh, lock, created)
+    return RunResult(_train(config, workdir, setup, mesh, lock, created, progress), workdir)
   finally:
     if lock:
       lock.release()
 
 
-def _train(config, workdir, setup, mesh, lock, created):
+def _train(config, workdir, setup, mesh, lock, created, progress_mode):
   rep = replicated(mesh)
   num_processes = jax.process_count()
   local_batch = config.batch_size // num_processes
@@ -738,18 +762,18 @@ def _train(config, workdir, setup, mesh, lock, created):
     raise
   if config.ema.decay > 0 and state.ema is None:  # Resumed (allow_config_change) from a
     # checkpoint without an EMA: it starts from the restored weights, as timm's would.
-    logging.warning('The checkpoint at step %d has no EMA of the weights; it starts from the '
+    log.warning('The checkpoint at step %d has no EMA of the weights; it starts from the '
                     'restored weights.', start_step)
     state = state.replace(ema=jax.tree.map(jnp.copy, {  # copies: the step donates buffers
         'params': {n: state.params[n] for n in setup.networks.trainable},
         'batch_stats': {n: state.batch_stats[n] for n in setup.networks.trainable}}))
-  logging.info('Parameters: %s', describe_parameters(state, setup))
+  log.info('Parameters: %s', describe_parameters(state, setup))
   # Train metrics of the steps since the last log line, kept by a checkpoint saved in between.
   pending = [] if not start_step else list(metadata.get('pending_metrics', []))
   teacher_variables = (jax.device_put(setup.networks.teacher_variables, rep)
                        if setup.networks.teacher_variables is not None else None)
   if start_step:
-    logging.info('Resumed from the checkpoint at step %d in %s.', start_step, workdir)
+    log.info('Resumed from the checkpoint at step %d in %s.', start_step, workdir)
 
   writer = metrics_lib.Writer(workdir, resume_step=start_step)
   train_step = compile_train_step(setup, mesh)
@@ -798,11 +822,14 @@ def _train(config, workdir, setup, mesh, lock, created):
     return bool(flags['stop'])
 
   result = {}
+  session_start, status, step = time.perf_counter(), 'failed', start_step
+  progress = metrics_lib.Progress(total, start_step, mode='none')
   try:
     if setup.networks.teacher is not None and start_step == 0:
       run_eval(0, 'teacher')
     if start_step >= total:
-      logging.info('The run in %s is already complete (step %d).', workdir, start_step)
+      log.info('The run in %s is already complete (step %d).', workdir, start_step)
+      status = None  # Nothing trained: no session to record.
       return run_evals(start_step, write=False)  # Its eval lines are already written.
 
     batches = input_pipeline.train_batches(config, setup.data.builder, start_step=start_step,
@@ -811,9 +838,9 @@ def _train(config, workdir, setup, mesh, lock, created):
                                            unlabeled_builder=setup.data.unlabeled_builder)
     eval_every = (max(1, round(config.eval_every_epochs * setup.data.steps_per_epoch))
                   if config.eval_every_epochs > 0 else total)
-    progress = metrics_lib.Progress(total, start_step)
+    progress = metrics_lib.Progress(total, start_step, mode=progress_mode)
     last_log, timed_steps = time.perf_counter(), 0  # steps run here since the last log line
-    step, previous, stop = start_step, None, False
+    previous, stop = None, False
     with StopSignals() as signals:
       while step < total:
         local = next(batches)
@@ -821,6 +848,7 @@ def _train(config, workdir, setup, mesh, lock, created):
         state, step_metrics = train_step(state, teacher_variables, global_batch(local, mesh))
         step += 1
         timed_steps += 1
+        progress.step(step)
         # The previous step's flags, read while this one runs (no stall in the pipeline).
         if previous is not None:
           stop = check(*previous) or stop
@@ -853,8 +881,14 @@ def _train(config, workdir, setup, mesh, lock, created):
           save(step)
         if stop:
           manager.close()
+          status = 'preempted'
           raise Preempted(signals.received or signal.SIGTERM, step, workdir)
+    status = 'finished'
     return result
   finally:
+    progress.close()
     manager.close()
     writer.close()
+    if status:
+      provenance.record_session(workdir, config, start_step=start_step, end_step=step,
+                                wall_s=time.perf_counter() - session_start, status=status)

@@ -11,13 +11,14 @@ docs/design.md#failure-and-recovery describes the behaviour.
 """
 
 import json
+import logging
 import os
 import socket
 import time
 
-from absl import logging
-
 from kdjax.errors import KdjaxError
+
+log = logging.getLogger(__name__)  # kdjax.* loggers: shown at INFO (kdjax/logs.py)
 
 LOCK_FILE = 'kdjax.lock'
 STALE_AFTER_S = 600.0   # a holder on another host that has not touched the lock for this long
@@ -63,7 +64,7 @@ class Lock:
               f"workdir '{os.path.dirname(self.path)}' is in use by pid {holder.get('pid')} on "
               f"{holder.get('host')} (since {since}); wait for that run to end or use another "
               f'--workdir (a lock left by a killed run is taken over automatically)') from None
-        logging.warning('Taking over the lock of a run that is gone (pid %s on %s): %s',
+        log.warning('Taking over the lock of a run that is gone (pid %s on %s): %s',
                         holder.get('pid'), holder.get('host'), self.path)
         try:
           os.remove(self.path)

@@ -309,7 +309,7 @@ def ofd_margin(bn_scale, bn_bias) -> np.ndarray:
   use_expect = cdf > 0.001
   margin = np.where(use_expect, m - s_safe * pdf / np.where(use_expect, cdf, 1.0), -3.0 * s)
   if zero.any():
-    logging.warning('ofd_margin: %d channel(s) with BN scale 0; their margin is set to 0.',
+    logging.getLogger(__name__).warning('ofd_margin: %d channel(s) with BN scale 0; their margin is set to 0.',
                     int(zero.sum()))
     margin = np.where(zero, 0.0, margin)
   return margin.astype(np.float32)
