@@ -4,6 +4,16 @@ Import what a notebook needs from here:
   kdjax.losses                 pure loss functions
   kdjax.train.train_and_evaluate(config, workdir)
   kdjax.models.get_model(name, num_classes=...)
+  kdjax.load(path)             a trained student (export folder or workdir) that classifies raw
+                               images with its run's eval preprocessing (kdjax.inference)
 """
 
 __version__ = '0.1.0'
+
+
+def __getattr__(name):
+  """`kdjax.load` imports JAX and the models only when first used: `import kdjax` stays light."""
+  if name == 'load':
+    from kdjax.inference import load  # pylint: disable=g-import-not-at-top
+    return load
+  raise AttributeError(f"module 'kdjax' has no attribute {name!r}")

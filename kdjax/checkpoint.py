@@ -5,7 +5,8 @@ Layout of a workdir:
                                           weights' EMA when config.ema is on); no teacher
   <workdir>/checkpoints/<step>/metadata   JSON: config, teacher source and hash, package versions
 An export (`python -m kdjax.export`) is a folder with `variables/` (student params and
-batch_stats only; their EMA when the run had config.ema on) and `kdjax_export.json`.
+batch_stats only; their EMA when the run had config.ema on) and `kdjax_export.json` (model,
+classes, the run's eval preprocessing: what `kdjax.load` needs to classify raw images).
 
 A teacher checkpoint may be either of these two, or a torchvision/timm state dict file
 (`.safetensors`, or `.pth` with torch installed; see `kdjax.torch_import`), and is checked
@@ -160,6 +161,7 @@ class Manager:
         'student_model': self._config[self._config.export].model,  # the exported network
         'num_classes': setup.data.info.num_classes,
         'image_shape': list(setup.data.info.image_shape),
+        'class_names': class_names(setup.data.builder),
         'teacher': setup.networks.teacher_source,
         'student_init': setup.networks.student_source,
         'packages': package_versions(),
@@ -234,11 +236,37 @@ def export(variables, metadata, output):
     json.dump(metadata, f, indent=1)
 
 
-def export_workdir(workdir, output):
-  """Writes the latest checkpoint's exported network (no teacher, no connectors, no optimizer
-  state) to the folder `output`; returns the export metadata."""
-  variables, metadata = restore_student(workdir)
-  export_meta = {
+def class_names(builder):
+  """The dataset's class names (TFDS `label` feature), or None where it has none."""
+  try:
+    names = builder.info.features['label'].names
+  except (AttributeError, KeyError, TypeError):
+    return None
+  return [str(n) for n in names] if names else None
+
+
+def eval_preprocessing(metadata):
+  """The run's evaluation preprocessing, from a checkpoint's metadata: what `kdjax.load` applies
+  to raw images (`data.preprocess.eval_transform`). None when the metadata has no config."""
+  inp = (metadata.get('config') or {}).get('input')
+  if not inp:
+    return None
+  return {
+      'image_size': int(inp['image_size']),
+      'eval_preprocess': inp['eval_preprocess'],
+      'eval_resize_size': int(inp['eval_resize_size']),
+      'mean': [float(v) for v in inp['mean']],
+      'std': [float(v) for v in inp['std']],
+      'channels': int(metadata['image_shape'][-1]),
+  }
+
+
+def export_metadata(variables, metadata, workdir):
+  """The export metadata (`kdjax_export.json`) of `variables`, the exported network restored
+  from the latest checkpoint of `workdir` whose metadata is `metadata`."""
+  config = metadata.get('config') or {}
+  network = config.get(metadata.get('export', 'student')) or {}
+  return {
       'model': metadata['student_model'],
       'num_classes': metadata['num_classes'],
       'image_shape': metadata['image_shape'],
@@ -248,7 +276,19 @@ def export_workdir(workdir, output):
       'teacher': metadata.get('teacher'),
       'packages': package_versions(),
       'sha256': tree_hash(variables),
+      'dtype': network.get('dtype', 'float32'),  # the compute dtype the run evaluated with
+      'dataset': config.get('dataset'),
+      'eval_split': (config.get('input') or {}).get('eval_split'),
+      'preprocess': eval_preprocessing(metadata),
+      'class_names': metadata.get('class_names'),  # None for checkpoints written before them
   }
+
+
+def export_workdir(workdir, output):
+  """Writes the latest checkpoint's exported network (no teacher, no connectors, no optimizer
+  state) to the folder `output`; returns the export metadata."""
+  variables, metadata = restore_student(workdir)
+  export_meta = export_metadata(variables, metadata, workdir)
   export(variables, export_meta, output)
   return export_meta
 
@@ -257,6 +297,10 @@ def load_exported(path):
   """(variables, metadata) of an export folder."""
   with open(os.path.join(path, EXPORT_METADATA)) as f:
     metadata = json.load(f)
+  if metadata.get('format', 'orbax') != 'orbax':
+    raise KdjaxError(f"'{path}' is a {metadata['format']} export (python -m kdjax.export "
+                     f"--format={metadata['format']}), which kdjax cannot load back: load it with "
+                     'tf.saved_model.load, or use an export made without --format')
   variables = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), 'variables'))
   return jax.tree.map(np.asarray, variables), metadata
 

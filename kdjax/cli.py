@@ -76,3 +76,12 @@ def config_flags_parser(config_flag, *, require_workdir):
     except (AttributeError, KeyError) as e:
       fail(unknown_key_message(e, argv))
   return parse
+
+
+def flags_parser(argv):
+  """An absl `flags_parser` for tools without a recipe (export, evaluate): a missing or bad flag
+  is one `kdjax: error:` line, not absl's usage text."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(str(e).splitlines()[0])

@@ -43,7 +43,7 @@ class DatasetInfo:
   num_eval: int       # examples in the eval split (all processes)
 
 
-def _prepared_builder(name, data_dir, splits, key):
+def _prepared_builder(name, data_dir, splits, key, data_dir_flag='--config.data_dir'):
   """The prepared TFDS builder `name` with `splits`, or a KdjaxError saying how to get it."""
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -60,7 +60,7 @@ def _prepared_builder(name, data_dir, splits, key):
                 f'{where}/downloads/manual first.')
     raise KdjaxError(f"dataset '{name}' is not prepared in data_dir '{where}' ({key}, "
                      f'data_dir): run `tfds build {name} --data_dir={where}` or point '
-                     f'--config.data_dir at a folder that holds it.{manual}')
+                     f'{data_dir_flag} at a folder that holds it.{manual}')
   for split in splits:
     try:
       builder.info.splits[split].num_examples
@@ -74,6 +74,13 @@ def get_builder(config):
   """The prepared builder of `config.dataset` (train and eval splits checked)."""
   return _prepared_builder(config.dataset, config.data_dir,
                            (config.input.train_split, config.input.eval_split), 'dataset')
+
+
+def get_eval_builder(config, data_dir_flag='--config.data_dir'):
+  """The prepared builder of `config.dataset` with only the eval split checked (evaluating a
+  trained network: `python -m kdjax.evaluate`)."""
+  return _prepared_builder(config.dataset, config.data_dir, (config.input.eval_split,),
+                           'dataset', data_dir_flag)
 
 
 def get_unlabeled_builder(config):
@@ -311,14 +318,13 @@ def example_index(builder, split_name):
 def eval_batches(config, builder, *, local_batch_size: int) -> Iterator[dict]:
   """Yields this process's eval batches, the same number on every process, padded and masked."""
   inp = config.input
-  op = preprocess.eval_op(inp.eval_preprocess, image_size=inp.image_size,
-                          resize_size=inp.eval_resize_size)
+  transform = preprocess.eval_transform(inp)
   total = builder.info.splits[inp.eval_split].num_examples
   num_batches = math.ceil(math.ceil(total / jax.process_count()) / local_batch_size)
   split = tfds.split_for_jax_process(inp.eval_split, drop_remainder=False)
   ds = builder.as_dataset(split=split, shuffle_files=False,
                           decoders=_decoders(inp.eval_preprocess))
-  ds = ds.map(lambda ex: {'image': preprocess.normalize(op(ex['image']), inp.mean, inp.std),
+  ds = ds.map(lambda ex: {'image': transform(ex['image']),
                           'label': tf.cast(ex['label'], tf.int32),
                           'mask': tf.constant(1.0, tf.float32)},
               num_parallel_calls=tf.data.AUTOTUNE)

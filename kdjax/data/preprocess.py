@@ -39,9 +39,10 @@ def _inception_crop_flip(image_bytes, seed, *, size, area_range=(0.08, 1.0)):
   return tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
 
 
-def _resize_center_crop(image_bytes, *, size, resize_size):
-  """ImageNet evaluation: resize the shorter side to `resize_size`, centre-crop `size`."""
-  image = tf.io.decode_jpeg(image_bytes, channels=3)
+def _resize_center_crop(image, *, size, resize_size):
+  """ImageNet evaluation on a decoded image [H, W, C] (uint8, or float in [0, 255]): resize the
+  shorter side to `resize_size` (bilinear, antialiased), centre-crop `size`. The eval pipeline
+  decodes the JPEG bytes first (`eval_op(..., encoded=True)`); `kdjax.load` passes arrays."""
   shape = tf.cast(tf.shape(image)[:2], tf.float32)
   scale = resize_size / tf.reduce_min(shape)
   new_shape = tf.cast(tf.round(shape * scale), tf.int32)
@@ -126,12 +127,20 @@ def train_op(name, *, image_size, crop_padding=4):
                    f'valid: {", ".join(TRAIN_OPS)}')
 
 
-def eval_op(name, *, image_size, resize_size):
-  """Returns f(encoded_or_decoded_image) -> float32 [H, W, C] in [0, 255]."""
+def eval_op(name, *, image_size, resize_size, encoded=True):
+  """Returns f(image) -> float32 [H, W, C] in [0, 255].
+
+  `image` is what the eval pipeline reads for op `name` (JPEG bytes for resize_center_crop, see
+  `needs_encoded_images`), or with `encoded=False` always a decoded [H, W, C] image, uint8 or
+  float in [0, 255] (`kdjax.load`): the same resize and crop either way, only the decode differs.
+  """
   if name == 'none':
     return lambda image: tf.cast(image, tf.float32)
   if name == 'resize_center_crop':
-    return lambda image: _resize_center_crop(image, size=image_size, resize_size=resize_size)
+    decode = ((lambda image: tf.io.decode_jpeg(image, channels=3)) if encoded
+              else (lambda image: image))
+    return lambda image: _resize_center_crop(decode(image), size=image_size,
+                                             resize_size=resize_size)
   if name == 'bicubic_resize_center_crop':
     return lambda image: _bicubic_resize_center_crop(image, size=image_size,
                                                      resize_size=resize_size)
@@ -148,6 +157,20 @@ def needs_encoded_images(*op_names):
 def normalize(image, mean, std):
   """(image / 255 - mean) / std, per channel."""
   return (image / 255.0 - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+def eval_transform(inp, *, encoded=True):
+  """f(image) -> normalised float32 [S, S, C] for the input.* keys: the eval op
+  (`eval_preprocess`, `image_size`, `eval_resize_size`), then normalisation (`mean`, `std`).
+
+  The one definition of evaluation preprocessing: the eval pipeline maps it over the eval split
+  and `kdjax.load` over the images it is given (`encoded=False`: decoded arrays, see `eval_op`).
+  `inp` is config.input or anything with those attributes (an export's `preprocess` entry).
+  """
+  op = eval_op(inp.eval_preprocess, image_size=inp.image_size, resize_size=inp.eval_resize_size,
+               encoded=encoded)
+  mean, std = tuple(inp.mean), tuple(inp.std)
+  return lambda image: normalize(op(image), mean, std)
 
 
 def train_transform(inp):
