@@ -52,8 +52,7 @@ def check_manual_files(builder, name, manual_dir):
 def prepare_tfds(name, data_dir, manual_dir):
   """Prepares TFDS dataset `name`; returns its builder."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from kdjax.data import input_pipeline  # pylint: disable=g-import-not-at-top  (registers uci_digits)
-  del input_pipeline
+  from kdjax.data import uci_digits  # noqa: F401  pylint: disable=g-import-not-at-top  (registers)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:

@@ -86,7 +86,7 @@ def folder_root(name, key='dataset') -> str:
 def listing(root):
   """Sorted (path inside `root`, size, mtime_ns) of every image file, hidden ones skipped."""
   found = []
-  for top, dirs, files in os.walk(root):
+  for top, dirs, files in os.walk(root, followlinks=True):  # symlinked class folders too
     dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
     for name in files:
       if name.startswith('.') or not name.lower().endswith(EXTENSIONS):
