@@ -14,10 +14,14 @@ from kdjax.errors import KdjaxError
 def base_config():
   c = ml_collections.ConfigDict()
   c.smoke = False              # tiny sizes, few steps; the only mode that may use a random teacher
-  c.dataset = 'uci_digits'     # TFDS name
+  c.dataset = 'uci_digits'     # TFDS name, or folder:/path/to/images (kdjax/data/image_folder.py)
   c.data_dir = ml_collections.FieldReference(None, field_type=str)  # TFDS data dir; None = default
   c.input = ml_collections.ConfigDict(dict(
-      train_split='train', eval_split='test',
+      train_split='train',
+      eval_split='test',            # '' (folder: datasets) = validation, val or test, as found
+      # folder: datasets without val/ or test/ folders: the share of each class held out for
+      # evaluation (split 'validation'); fixed by a hash of the file paths, not by the seed.
+      holdout_fraction=0.1,
       image_size=8,
       # none | crop | crop_flip | inception_crop_flip (JPEG bytes) | random_resized_crop_flip
       # (timm's RandomResizedCrop, bicubic, + flip, on decoded images: CIFAR at 224)
@@ -32,7 +36,9 @@ def base_config():
       # normalisation; then random erasing (timm's mode 'pixel') with this probability, 0 = off.
       randaugment='',
       random_erasing=0.0,
-      mean=(0.5,), std=(0.5,),      # per channel, on [0, 1] pixels
+      # Per channel, on [0, 1] pixels; () (folder: datasets only) = computed over the training
+      # images when the folder is converted, and written into the run's config.
+      mean=(0.5,), std=(0.5,),
       shuffle_buffer=10_000,
       num_labeled=0,                # > 0: only examples with id < num_labeled keep their label
       # A second source of images mixed into every training batch with label -1 (SSLD).

@@ -203,6 +203,27 @@ def imagenet_peers(arg):
   return c, arg
 
 
+def image_folder(arg, *, allowed=('smoke',)):
+  """`imagenet`'s recipe (ResNet-34 -> ResNet-18, SGD, step decay at 30/60/90 of 100 epochs) on
+  an image folder (`--config.dataset=folder:/path`): batch 128 (lr 0.05 by the linear rule),
+  ops that take decoded images of any size and channel count (random-resized crop + flip at 224;
+  bicubic resize 256 + centre crop), the held-out split found in the folder, and mean / std
+  computed from its training images. `smoke`: 4 steps of batch 8 at 16x16 with the tiny
+  digits_cnn -> cnn4 pair."""
+  c, arg = imagenet(arg, allowed=allowed)
+  c.dataset = ''  # must be given: --config.dataset=folder:/path/to/images
+  c.input.update(eval_split='', train_augment='random_resized_crop_flip',
+                 eval_preprocess='bicubic_resize_center_crop', mean=(), std=(),
+                 prefetch_batches=2)
+  c.batch_size = 128
+  c.eval_batch_size = 256
+  if arg == 'smoke':
+    c.batch_size = c.eval_batch_size = 8
+    c.input.update(image_size=16, eval_resize_size=18)
+    c.student.model, c.teacher.model = 'cnn4', 'digits_cnn'
+  return c, arg
+
+
 # OFA-KD (Hao et al. NeurIPS 2023): its four training settings (Hao840/OFAKD configs/*.yaml,
 # global batch = 8 GPUs x the per-GPU batch there, lr as given: OFAKD does not rescale it).
 TOKEN_STUDENTS = ('deit_tiny_patch16_224', 'deit_small_patch16_224', 'vit_small_patch16_224',

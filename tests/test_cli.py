@@ -160,5 +160,5 @@ def test_full_recipe_without_teacher_checkpoint_stops_at_once(tmp_path, request,
 def test_missing_imagenet_says_how_to_prepare_it(tmp_path):
   proc = conftest.run_cli('kdjax.main', '--config=configs/dkd_r34_r18.py:smoke',
                           f'--workdir={tmp_path / "w"}', f'--config.data_dir={tmp_path}')
-  _assert_one_line_error(proc, 'tfds build imagenet2012')
+  _assert_one_line_error(proc, 'python -m kdjax.prepare imagenet2012 --data_dir=')
   assert 'ILSVRC2012_img_train.tar' in proc.stderr

@@ -319,7 +319,7 @@ def test_unprepared_dataset_says_how_to_build_it(tmp_path):
   with pytest.raises(KdjaxError) as e:
     input_pipeline.get_builder(config)
   msg = str(e.value)
-  assert 'tfds build' in msg and 'cifar100' in msg and str(tmp_path) in msg
+  assert 'python -m kdjax.prepare cifar100 --data_dir=' in msg and str(tmp_path) in msg
   assert list(tmp_path.glob('**/*.tfrecord*')) == []  # nothing was downloaded or prepared
 
 

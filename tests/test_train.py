@@ -129,7 +129,7 @@ def test_shipped_teacher_is_exact_on_the_whole_eval_split(digits_data_dir):
     (dict(teacher=dict(model='cnn4', checkpoint=None, dtype='float32')), 'does not fit'),
     (dict(teacher=dict(model='digits_cnn', checkpoint='', dtype='float32')),
      'teacher.checkpoint is empty'),
-    (dict(dataset='cifar100'), 'tfds build cifar100'),
+    (dict(dataset='cifar100'), 'python -m kdjax.prepare cifar100'),
 ])
 def test_bad_input_raises_one_clear_error(digits_data_dir, tmp_path, override, fragment):
   config = _digits_config(digits_data_dir)

@@ -15,6 +15,7 @@ label is hidden), `id` int32 [b] where the dataset has one, and `mask` float32 [
 """
 
 import dataclasses
+import logging
 import math
 from typing import Iterator
 
@@ -24,9 +25,12 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from kdjax.data import augment
+from kdjax.data import image_folder
 from kdjax.data import preprocess
 from kdjax.data import uci_digits  # noqa: F401  (registers the embedded TFDS dataset)
 from kdjax.errors import KdjaxError
+
+log = logging.getLogger(__name__)
 
 # tf.data runs on the host only; keep TensorFlow off the accelerators JAX owns.
 tf.config.set_visible_devices([], 'GPU')
@@ -43,37 +47,94 @@ class DatasetInfo:
   num_eval: int       # examples in the eval split (all processes)
 
 
-def _prepared_builder(name, data_dir, splits, key, data_dir_flag='--config.data_dir'):
-  """The prepared TFDS builder `name` with `splits`, or a KdjaxError saying how to get it."""
+def prepare_hint(name, data_dir) -> str:
+  """How to prepare TFDS dataset `name` in `data_dir`, for error messages; kdjax's own command,
+  since `tfds build` needs apache_beam, which kdjax does not install."""
+  hint = f'run `python -m kdjax.prepare {name} --data_dir={data_dir}`'
+  if name.startswith('imagenet2012'):
+    hint += (' after putting ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in '
+             f'{data_dir}/downloads/manual')
+  return hint
+
+
+def _open_builder(name, data_dir, key, holdout_fraction, data_dir_flag='--config.data_dir'):
+  """(builder, folder summary or None) of `name`: a `folder:` dataset converted if needed, the
+  embedded dataset prepared if needed, any other TFDS dataset as prepared in data_dir; or a
+  KdjaxError saying how to get it."""
+  if not name:
+    raise KdjaxError(f'{key} is empty; set --config.{key}=folder:/path/to/images or a TFDS name')
+  if image_folder.is_folder(name):
+    return image_folder.prepare(name, data_dir, holdout_fraction, key=key)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise KdjaxError(f"unknown TFDS dataset '{name}' ({key}); use a name from "
-                     'tfds.list_builders() or uci_digits') from e
+                     'tfds.list_builders(), uci_digits, or folder:/path/to/images') from e
   if name in EMBEDDED_DATASETS and not _is_prepared(builder):
     builder.download_and_prepare()
   if not _is_prepared(builder):
     where = data_dir or tfds.core.constants.DATA_DIR
-    manual = ''
-    if name.startswith('imagenet2012'):
-      manual = (' For imagenet2012 put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in '
-                f'{where}/downloads/manual first.')
     raise KdjaxError(f"dataset '{name}' is not prepared in data_dir '{where}' ({key}, "
-                     f'data_dir): run `tfds build {name} --data_dir={where}` or point '
-                     f'{data_dir_flag} at a folder that holds it.{manual}')
+                     f'data_dir): {prepare_hint(name, where)}, or point {data_dir_flag} at a '
+                     'folder that holds it')
+  return builder, None
+
+
+def _check_splits(builder, name, splits, key):
   for split in splits:
     try:
       builder.info.splits[split].num_examples
     except (KeyError, ValueError) as e:
       raise KdjaxError(f"split '{split}' not found in {name} ({key} splits); available: "
                        f'{", ".join(builder.info.splits)}') from e
+
+
+def _prepared_builder(name, data_dir, splits, key, holdout_fraction=0.1,
+                      data_dir_flag='--config.data_dir'):
+  """The prepared TFDS builder `name` with `splits`, or a KdjaxError saying how to get it."""
+  builder, _ = _open_builder(name, data_dir, key, holdout_fraction, data_dir_flag)
+  _check_splits(builder, name, splits, key)
   return builder
 
 
 def get_builder(config):
-  """The prepared builder of `config.dataset` (train and eval splits checked)."""
-  return _prepared_builder(config.dataset, config.data_dir,
-                           (config.input.train_split, config.input.eval_split), 'dataset')
+  """The prepared builder of `config.dataset` (train and eval splits checked).
+
+  For a `folder:` dataset this also fills in, in `config` itself, what the recipe left to the
+  data (`infer_from_folder`), so the values are saved with the run like any other.
+  """
+  builder, summary = _open_builder(config.dataset, config.data_dir, 'dataset',
+                                   config.input.holdout_fraction)
+  if summary is not None:
+    infer_from_folder(config, builder, summary)
+  _check_splits(builder, config.dataset, (config.input.train_split, config.input.eval_split),
+                'dataset')
+  return builder
+
+
+def get_eval_builder(config, data_dir_flag='--config.data_dir'):
+  """The prepared builder of `config.dataset` with only the eval split checked (evaluating a
+  trained network: `python -m kdjax.evaluate`)."""
+  return _prepared_builder(config.dataset, config.data_dir, (config.input.eval_split,),
+                           'dataset', config.input.get('holdout_fraction', 0.1), data_dir_flag)
+
+
+def infer_from_folder(config, builder, summary):
+  """Sets the options a folder recipe leaves empty: input.eval_split '' -> the held-out split
+  (validation, val or test); input.mean / input.std () -> the per-channel values computed over
+  the training images at conversion. Explicit values are kept."""
+  inp = config.input
+  inferred = {}
+  if not inp.eval_split:
+    inferred['eval_split'] = image_folder.default_eval_split(builder)
+  for key in ('mean', 'std'):
+    if not tuple(inp[key]):
+      inferred[key] = tuple(round(v, 6) for v in summary[key])
+  for key, value in inferred.items():
+    inp[key] = value
+  if inferred:
+    log.info('From the image folder %s: %s', summary['folder'],
+                 ', '.join(f'input.{k}={v}' for k, v in inferred.items()))
 
 
 def get_eval_builder(config, data_dir_flag='--config.data_dir'):
@@ -91,7 +152,7 @@ def get_unlabeled_builder(config):
   if not 0 < unl.fraction < 1:
     raise KdjaxError(f'input.unlabeled.fraction must be in [0, 1), got {unl.fraction}')
   return _prepared_builder(unl.dataset or config.dataset, unl.data_dir or config.data_dir,
-                           (unl.split,), 'input.unlabeled')
+                           (unl.split,), 'input.unlabeled', config.input.holdout_fraction)
 
 
 def _is_prepared(builder):
@@ -126,16 +187,28 @@ def check_options(config, builder, unlabeled_builder):
   height, width, channels = builder.info.features['image'].shape
   for key in ('mean', 'std'):
     if channels and len(inp[key]) != channels:
+      empty = (' (an empty value is computed from the data only for folder: datasets)'
+               if not len(inp[key]) else '')
       raise KdjaxError(f'input.{key} has {len(inp[key])} values but {builder.name} images have '
-                       f'{channels} channel(s); give one value per channel')
-  if min(inp.std) <= 0:
+                       f'{channels} channel(s); give one value per channel{empty}')
+  if not len(inp.std) or min(inp.std) <= 0:
     raise KdjaxError(f'input.std must be positive, got {tuple(inp.std)}')
   # Ops that keep the stored size: the images must already have the size the networks expect.
   for key, op in (('train_augment', inp.train_augment), ('eval_preprocess', inp.eval_preprocess)):
-    if op == 'none' and height and (height, width) != (inp.image_size, inp.image_size):
+    resizing = ('random_resized_crop_flip' if key == 'train_augment'
+                else 'bicubic_resize_center_crop')
+    if op == 'none' and not height:
+      raise KdjaxError(f"{builder.name} images vary in size and input.{key}='none' keeps each "
+                       f"image's size, so they cannot be batched; set input.{key}={resizing} "
+                       'or another op that resizes')
+    if op == 'none' and (height, width) != (inp.image_size, inp.image_size):
       raise KdjaxError(f'input.image_size={inp.image_size} but {builder.name} images stay '
                        f"{height}x{width} with input.{key}='none'; set input.image_size={height} "
-                       'or choose an op that resizes')
+                       f'or choose an op that resizes (input.{key}={resizing})')
+    if preprocess.needs_encoded_images(op) and builder.name == image_folder.NAME:
+      raise KdjaxError(f"input.{key}='{op}' decodes JPEG bytes into 3 channels but image "
+                       f'folders are stored as PNG; set input.{key}={resizing} (its '
+                       'counterpart on decoded images)')
   preprocess.train_op(inp.train_augment, image_size=inp.image_size)
   preprocess.eval_op(inp.eval_preprocess, image_size=inp.image_size,
                      resize_size=inp.eval_resize_size)
