@@ -314,6 +314,8 @@ def report(entries, seeds, root, out_dir) -> str:
   """Collects, writes results.md, results.csv (one row per entry), runs.csv (one per run),
   curves.png and comparison.png to `out_dir`; returns the Markdown table."""
   rows = collect(entries, seeds, root)
+  if not rows:
+    raise KdjaxError(f'no run under {root} has a result yet; train first (drop --collect_only)')
   summary = summarize(entries, rows)
   table = markdown(summary)
   os.makedirs(out_dir, exist_ok=True)

@@ -6,6 +6,7 @@ every test; its final eval line in metrics.jsonl is the reference each path must
 
 import json
 import os
+import shutil
 import types
 
 import numpy as np
@@ -17,8 +18,8 @@ from kdjax import checkpoint
 from kdjax import recipes
 from kdjax.errors import KdjaxError
 
-# The shipped teacher's preprocessing (configs/digits_teacher.py); its export predates the
-# `preprocess` entry.
+# The shipped teacher's preprocessing (configs/digits_teacher.py), named by hand for an export
+# without the `preprocess` entry.
 DIGITS_PREPROCESS = dict(image_size=8, eval_preprocess='none', eval_resize_size=8, mean=(0.3,),
                          std=(0.4,))
 
@@ -108,13 +109,26 @@ def test_bad_paths_are_one_clear_error(run, tmp_path):
     kdjax.load(tmp_path)
 
 
-def test_old_export_needs_its_preprocessing_named(test_split):
+def test_the_shipped_teacher_predicts_and_an_old_export_needs_its_preprocessing_named(
+    test_split, tmp_path):
   images, labels = test_split
-  with pytest.raises(KdjaxError, match='re-export'):
-    kdjax.load(recipes.DIGITS_TEACHER).predict(images)
-  teacher = kdjax.load(recipes.DIGITS_TEACHER, preprocess=DIGITS_PREPROCESS)
-  assert teacher.class_names is None
+  teacher = kdjax.load(recipes.DIGITS_TEACHER)
+  assert teacher.class_names == [str(i) for i in range(10)]
   assert int(np.sum(teacher.predict(images) == labels)) == 585  # 98.0%, as the README says
+  # An export written before kdjax recorded the preprocessing.
+  old = tmp_path / 'old_export'
+  shutil.copytree(recipes.DIGITS_TEACHER, old)
+  with open(old / checkpoint.EXPORT_METADATA) as f:
+    meta = json.load(f)
+  for key in ('preprocess', 'class_names', 'dataset', 'eval_split'):
+    meta.pop(key)
+  with open(old / checkpoint.EXPORT_METADATA, 'w') as f:
+    json.dump(meta, f)
+  with pytest.raises(KdjaxError, match='re-export'):
+    kdjax.load(str(old)).predict(images)
+  teacher = kdjax.load(str(old), preprocess=DIGITS_PREPROCESS)
+  assert teacher.class_names is None
+  assert int(np.sum(teacher.predict(images) == labels)) == 585
 
 
 def test_saved_model_logits_match_the_jax_student(run, test_split):
