@@ -14,6 +14,7 @@ import pytest
 
 import conftest
 from kdjax import checkpoint
+from kdjax import config_base
 from kdjax import models
 from kdjax import recipes
 from kdjax import torch_import
@@ -57,8 +58,9 @@ def test_resnet18_round_trips_in_torchvision_layout(tmp_path):
   state_dict = torch_import.to_state_dict(variables, model)
   assert state_dict['conv1.weight'].shape == (64, 3, 7, 7)  # OIHW
   assert state_dict['fc.weight'].shape == (10, 512)  # [out, in]
+  downsample_bn = variables['batch_stats']['layer2']['block0']['downsample_bn']
   np.testing.assert_array_equal(state_dict['layer2.0.downsample.1.running_var'],
-                                variables['batch_stats']['layer2']['block0']['downsample_bn']['var'])
+                                downsample_bn['var'])
   np.testing.assert_array_equal(state_dict['bn1.weight'], variables['params']['bn1']['scale'])
   assert state_dict['layer4.1.bn2.num_batches_tracked'].dtype == np.int64
   assert all(v.flags['C_CONTIGUOUS'] for v in state_dict.values())
@@ -209,7 +211,7 @@ def test_reset_classifier_needs_a_checkpoint_and_is_no_trajectory_change(cifar_d
     train.build(config)
   saved = json.loads(config.to_json_best_effort())
   del saved['student']['reset_classifier']  # A run started before the key existed.
-  defaults = json.loads(train.config_base.base_config().to_json_best_effort())
+  defaults = json.loads(config_base.base_config().to_json_best_effort())
   now = json.loads(config.to_json_best_effort())
   now['student']['reset_classifier'] = False
   assert workdir_lib.config_changes(saved, now, defaults) == ([], [])
