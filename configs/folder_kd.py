@@ -10,6 +10,9 @@ Folder layouts, the holdout (`input.holdout_fraction`, default 0.1 of each class
 val/ or test/ folder) and the computed mean / std: README.md#your-own-data. The teacher must
 predict this folder's classes: a kdjax workdir or export trained on it (`:teacher` trains the
 ResNet-34 alone with CE), or give another `--config.teacher.model` with its checkpoint.
+To start `:teacher` from ImageNet weights (torchvision's or timm's resnet34), add
+`--config.student.checkpoint=r34.safetensors --config.student.reset_classifier=True`: all but
+the 1000-class classifier loads, and a fresh one is trained for the folder's classes.
 
 `:teacher` = CE only, on teacher.model as the trained network; default = 0.1 CE + 0.9 KD(T=4)
 (mdistiller's KD weights); `:smoke` = 4 steps at 16x16 on tiny models, random teacher.

@@ -23,6 +23,8 @@ import time
 
 import jax
 import jax.numpy as jnp
+import flax
+from flax import traverse_util
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -310,12 +312,23 @@ def _abstract_variables(model, input_shape):
                         jnp.zeros(input_shape, jnp.float32))
 
 
-def _check_fits(variables, model, input_shape, path, network='teacher'):
-  """Raises a KdjaxError naming the first missing/unexpected/mis-shaped variables."""
+def without_classifier(variables, head):
+  """`variables` less the params under the module path `head` (`torch_import.classifier_module`):
+  what `reset_classifier` keeps of a checkpoint. A new nested dict; the arrays are shared."""
+  prefix = ('params',) + tuple(head)
+  flat = traverse_util.flatten_dict(flax.core.unfreeze(variables), keep_empty_nodes=True)
+  return traverse_util.unflatten_dict(
+      {k: v for k, v in flat.items() if k[:len(prefix)] != prefix})
+
+
+def _check_fits(variables, model, input_shape, path, network='teacher', head=None):
+  """Raises a KdjaxError naming the first missing/unexpected/mis-shaped variables. With
+  `head` (a classifier module path to reset) the variables and the model are compared without it."""
   def flat(tree):
     return {jax.tree_util.keystr(p): tuple(np.shape(v))
             for p, v in jax.tree_util.tree_leaves_with_path(tree)}
-  want = flat(dict(_abstract_variables(model, input_shape)))
+  want = dict(_abstract_variables(model, input_shape))
+  want = flat(without_classifier(want, head) if head else want)
   got = flat(dict(variables))
   missing = [k for k in want if k not in got]
   unexpected = [k for k in got if k not in want]
@@ -328,9 +341,23 @@ def _check_fits(variables, model, input_shape, path, network='teacher'):
       problems.append(f'unexpected {unexpected[:3]}')
     if shapes:
       problems.append(f'shape mismatch {shapes[:3]}')
+    hint = ''
+    if network == 'student' and not head:
+      hint = _classifier_hint(got, want, model)
     raise KdjaxError(f"{network}.checkpoint '{path}' does not fit {network}.model "
-                     f'{type(model).__name__}: {"; ".join(problems)}; check {network}.model and '
-                     'the dataset (number of classes)')
+                     f'{type(model).__name__}: {"; ".join(problems)}{hint}; check {network}.model '
+                     'and the dataset (number of classes)')
+
+
+def _classifier_hint(got, want, model):
+  """For a student checkpoint whose classifier has another class count (shapes by keystr):
+  the flag that fine-tunes it on the dataset's classes."""
+  names = ('params',) + torch_import.classifier_module(model) + ('kernel',)
+  kernel = jax.tree_util.keystr(tuple(jax.tree_util.DictKey(n) for n in names))
+  if kernel not in got or kernel not in want or got[kernel] == want[kernel]:
+    return ''
+  return (f' (the checkpoint\'s classifier has {got[kernel][-1]} classes but the dataset has '
+          f'{want[kernel][-1]}{torch_import.reset_hint("student")})')
 
 
 def random_teacher(model, input_shape, seed, calibration_passes=40):
@@ -368,13 +395,21 @@ def load_teacher(path, model, input_shape, *, allow_random=False, seed=0):
   return load_variables(path, model, input_shape, network='teacher')
 
 
-def load_variables(path, model, input_shape, *, network):
+def load_variables(path, model, input_shape, *, network, reset_classifier=False):
   """Variables of `network` (teacher, student) from `path` as host arrays, checked against
   `model`; returns (variables, source description).
 
   `path` is a kdjax training workdir (its latest checkpoint's exported network), an export
-  folder, or a torchvision/timm state dict file (`kdjax.torch_import`).
+  folder, or a torchvision/timm state dict file (`kdjax.torch_import`). With
+  `reset_classifier` (student.reset_classifier: fine-tuning weights trained on other classes)
+  the file's final classifier (`torch_import.classifier_module`; any class count, or none) is
+  left out and the variables lack it, for the trainer to initialise afresh; every other
+  variable is checked as without it, and the source says so.
   """
+  head = None
+  if reset_classifier:
+    head = torch_import.reset_head(model, torch_import.abstract_variables(model, input_shape),
+                                   f'{network}.checkpoint')
   if not os.path.exists(path):
     raise KdjaxError(f"{network}.checkpoint '{path}' does not exist; point it at a kdjax workdir, "
                      'an export folder or a torchvision/timm state dict (.safetensors, .pth)')
@@ -385,7 +420,8 @@ def load_variables(path, model, input_shape, *, network):
       variables, _ = restore_student(path)
     elif os.path.isfile(path):
       variables = torch_import.load(path, model, input_shape,
-                                    config_key=f'{network}.checkpoint')
+                                    config_key=f'{network}.checkpoint',
+                                    reset_classifier=reset_classifier)
     else:
       raise KdjaxError(f"{network}.checkpoint '{path}' is neither a kdjax workdir (no "
                        f'checkpoints/), an export folder (no {EXPORT_METADATA}) nor a state '
@@ -395,5 +431,10 @@ def load_variables(path, model, input_shape, *, network):
   except Exception as e:  # Orbax/tensorstore errors on unreadable or truncated files.
     raise KdjaxError(f"{network}.checkpoint '{path}' could not be read ({type(e).__name__}: "
                      f'{str(e).splitlines()[0][:200]}); re-export or re-train the {network}') from e
-  _check_fits(variables, model, input_shape, path, network)
-  return variables, {'source': os.path.abspath(path), 'sha256': tree_hash(variables)}
+  if head:
+    variables = without_classifier(variables, head)
+  _check_fits(variables, model, input_shape, path, network, head=head)
+  source = {'source': os.path.abspath(path), 'sha256': tree_hash(variables)}
+  if head:  # The hash covers what was loaded: everything but the classifier.
+    source['reset_classifier'] = '/'.join(head)
+  return variables, source

@@ -93,10 +93,12 @@ def base_config():
   # loading from the workdir take.
   c.ema = ml_collections.ConfigDict(dict(decay=0.0))
   # checkpoint: '' = random init; else weights to start from (as teacher.checkpoint takes).
+  # reset_classifier: True = all of checkpoint but its final classifier, which starts fresh
+  # (fine-tuning weights trained on other classes; timm's name), so its class count may differ.
   # drop_path_rate: stochastic depth of token models (ViT/DeiT, Swin, ConvNeXt, Mixer/ResMLP;
   # timm's per-block rule), training mode only; 0 = off; > 0 on another model is an error.
-  c.student = ml_collections.ConfigDict(dict(model='', checkpoint='', dtype='float32',
-                                             drop_path_rate=0.0))
+  c.student = ml_collections.ConfigDict(dict(model='', checkpoint='', reset_classifier=False,
+                                             dtype='float32', drop_path_rate=0.0))
   c.teacher = ml_collections.ConfigDict(dict(model='', checkpoint='', dtype='float32'))
   c.peer = ml_collections.ConfigDict(dict(model='', dtype='float32',  # DML's second network
                                           drop_path_rate=0.0))

@@ -42,7 +42,14 @@ The input must be prepared as the teacher was trained: NHWC float32 RGB images s
 ``pretrained_cfg``) with kdjax's ``preprocess.normalize(image, mean, std)``, at the resolution
 the weights were trained at (224 for all the names above; a ViT's position embeddings and a
 Mixer's token MLPs only fit that grid). The classifier must have as many classes as the dataset
-(1000 for ImageNet-1k weights); a mismatch is reported as a shape mismatch on the head.
+(1000 for ImageNet-1k weights); a mismatch is reported as a shape mismatch on the head, unless
+``reset_classifier`` (``student.reset_classifier``) leaves the file's classifier out for a fresh
+one (fine-tuning on other classes; ``classifier_module`` names it).
+
+The way back: ``to_state_dict(variables, model)`` maps kdjax variables of an ImageNet zoo model
+onto its torch counterpart's keys and layouts (the exact inverse of the import), and
+``save_state_dict(variables, model, 'r18.safetensors')`` writes them as a file that
+torchvision / timm load with ``load_state_dict(strict=True)`` and kdjax reads back.
 
 Name mapping: two layouts, chosen by the model's ``torch_layout`` (derived from the key, not a
 table per architecture; one rule per family of key conventions):
@@ -527,7 +534,7 @@ def abstract_variables(model, input_shape):
 
 
 def to_flax_variables(state_dict, model, input_shape, *, path='state dict', model_name=None,
-                      config_key='teacher.checkpoint'):
+                      config_key='teacher.checkpoint', reset_classifier=False):
   """Maps a torchvision/timm-layout state dict onto ``model``'s variables.
 
   Args:
@@ -540,10 +547,13 @@ def to_flax_variables(state_dict, model, input_shape, *, path='state dict', mode
     path: the file the state dict came from, for error messages.
     model_name: the model's name for error messages (default: looked up in kdjax.models).
     config_key: the config entry that named the file, for error messages.
+    reset_classifier: leave out the final classifier (``classifier_module``): the file's (of
+      any class count, or none) is ignored and the result lacks it, for the caller to
+      initialise afresh (``student.reset_classifier``: fine-tuning on other classes).
 
   Returns:
     ``{'params': ..., 'batch_stats': ...}`` nested dicts of float32 numpy arrays with exactly
-    the structure of ``model.init``'s variables.
+    the structure of ``model.init``'s variables (less the classifier with ``reset_classifier``).
 
   Raises:
     KdjaxError: one line naming ``path``, the model, the first few missing, unexpected
@@ -556,6 +566,10 @@ def to_flax_variables(state_dict, model, input_shape, *, path='state dict', mode
   if layout == 'timm':
     state_dict, torchvision_name = from_torchvision(state_dict)
   want = abstract_variables(model, input_shape)
+  head = None
+  if reset_classifier:
+    head = reset_head(model, want, config_key)
+    want['params'] = {p: s for p, s in want['params'].items() if not _under(p, head)}
   got = {c: {} for c in want}
   unexpected, shapes = [], []
   for key, value in state_dict.items():
@@ -564,6 +578,8 @@ def to_flax_variables(state_dict, model, input_shape, *, path='state dict', mode
     if converted is None:
       continue
     collection, flax_path, array = converted
+    if head and collection == 'params' and _under(flax_path, head):
+      continue  # The file's classifier, replaced by a fresh one.
     target = want.get(collection, {}).get(flax_path)
     if target is None:
       unexpected.append(key)
@@ -586,7 +602,8 @@ def to_flax_variables(state_dict, model, input_shape, *, path='state dict', mode
       problems.append(_listing('unexpected', unexpected))
     if shapes:
       problems.append(_listing('shape mismatch', shapes))
-    hint = _classifier_hint(state_dict, model, want, layout) + _size_hint(state_dict, model, want)
+    hint = '' if head else _classifier_hint(state_dict, model, want, layout, config_key)
+    hint += _size_hint(state_dict, model, want)
     name = model_name or _model_name(model)
     seems = guess_architecture(state_dict)
     seems = f'; the file looks like {seems}' if seems else ''
@@ -600,16 +617,115 @@ def to_flax_variables(state_dict, model, input_shape, *, path='state dict', mode
   return {c: _unflatten(flat) for c, flat in got.items()}
 
 
-def load(path, model, input_shape, *, model_name=None, config_key='teacher.checkpoint'):
+def load(path, model, input_shape, *, model_name=None, config_key='teacher.checkpoint',
+         reset_classifier=False):
   """``read_state_dict(path)`` mapped by ``to_flax_variables``: host numpy variables."""
   return to_flax_variables(read_state_dict(path, config_key=config_key), model, input_shape,
-                           path=os.fspath(path), model_name=model_name, config_key=config_key)
+                           path=os.fspath(path), model_name=model_name, config_key=config_key,
+                           reset_classifier=reset_classifier)
 
 
 def is_state_dict_file(path) -> bool:
   """Whether ``path`` names a file with a suffix ``read_state_dict`` reads."""
   path = os.fspath(path)
   return os.path.isfile(path) and path.lower().endswith(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)
+
+
+# ---------------------------------------------------------------------------------------------
+# The inverse: kdjax variables -> a torchvision/timm state dict (to write a .safetensors file).
+
+
+def to_state_dict(variables, model) -> dict:
+  """Maps ``model``'s kdjax variables back to the state dict of its torch counterpart.
+
+  The exact inverse of ``to_flax_variables`` (``to_flax_variables(to_state_dict(v, model),
+  model, shape)`` gives ``v`` back bit for bit): keys as ``flax_to_torch_key`` names them in
+  the model's layout (torchvision's for the ResNets, which timm's ResNets share; timm's for the
+  other ImageNet models; mdistiller's for mobilenetv1), conv kernels back to [O, I/g, kh, kw],
+  dense kernels to [out, in], ``scale`` to ``weight``, ``mean`` / ``var`` to ``running_mean``
+  / ``running_var``, and a ``num_batches_tracked`` of 0 beside every BatchNorm's statistics
+  (torch's BatchNorm state dict has one). So ``torchvision.models.resnet18()`` or
+  ``timm.create_model(name)`` take it with ``load_state_dict(strict=True)``.
+
+  Args:
+    variables: ``{'params': ..., 'batch_stats': ...}`` of ``model`` (numpy or jax arrays; e.g.
+      ``kdjax.load(...).variables`` or ``checkpoint.restore_student(workdir)[0]``).
+    model: the kdjax model they belong to (``models.get_model(name, num_classes=...)``).
+
+  Returns:
+    ``{torch key: contiguous numpy array}``: floats as float32, ``num_batches_tracked`` int64.
+
+  Raises:
+    KdjaxError: for a model without a torch counterpart (the CIFAR zoo and the small models
+      have none: only the ImageNet zoo, whose class sets ``torch_layout``, is written), a
+      collection other than params / batch_stats, or a variable whose name or rank does not
+      map back onto itself (it would not load; named).
+  """
+  layout = getattr(model, 'torch_layout', None)
+  if layout not in LAYOUTS:
+    raise KdjaxError(f'{_model_name(model)} has no torchvision/timm counterpart, so '
+                     'to_state_dict cannot write it: only the ImageNet zoo (resnet18..101, '
+                     'mobilenetv1/v2/v3, ViT/DeiT, Swin, ConvNeXt, Mixer, ResMLP) has one; save '
+                     'other models with python -m kdjax.export')
+  out = {}
+  for (collection, path), value in _flat_variables(variables).items():
+    key = flax_to_torch_key(collection, path, layout)
+    array = _to_torch_layout(path, value)
+    back = _convert(key, array, layout)
+    if (key in out or back is None or back[:2] != (collection, path)
+        or back[2].shape != value.shape):
+      raise KdjaxError(f'to_state_dict cannot write {collection}/{"/".join(path)} '
+                       f'{value.shape} of {_model_name(model)}: its torch key {key!r} would '
+                       'load back elsewhere')
+    out[key] = array
+    if collection == 'batch_stats' and path[-1] == 'mean':
+      out[f'{key.rsplit(".", 1)[0]}.num_batches_tracked'] = np.array(0, np.int64)
+  return out
+
+
+def save_state_dict(variables, model, path):
+  """Writes ``to_state_dict(variables, model)`` to ``path``, a ``.safetensors`` file that
+  torchvision / timm (``safetensors.torch.load_file``) and kdjax's ``teacher.checkpoint`` /
+  ``student.checkpoint`` read. Returns the absolute path."""
+  path = os.path.abspath(os.fspath(path))
+  if not path.lower().endswith(SAFETENSORS_SUFFIXES):
+    raise KdjaxError(f"save_state_dict writes .safetensors files; '{path}' has another "
+                     'suffix: name it <name>.safetensors')
+  try:
+    import safetensors.numpy  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise KdjaxError('save_state_dict needs the safetensors package: pip install '
+                     'safetensors') from e
+  state_dict = to_state_dict(variables, model)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  safetensors.numpy.save_file(state_dict, path)
+  return path
+
+
+def _flat_variables(variables):
+  """``{(collection, path tuple): numpy array}`` of params and batch_stats (floats as float32),
+  or a KdjaxError for any other collection."""
+  flat = {}
+  for keys, leaf in jax.tree_util.tree_leaves_with_path(dict(variables)):
+    names = tuple(str(getattr(k, 'key', k)) for k in keys)
+    if names[0] not in ('params', 'batch_stats'):
+      raise KdjaxError(f'to_state_dict takes a network\'s params and batch_stats; got the '
+                       f'collection {names[0]!r}: pass {{"params": ..., "batch_stats": ...}}')
+    array = np.asarray(jax.device_get(leaf))
+    if np.issubdtype(array.dtype, np.floating) or array.dtype.name == 'bfloat16':
+      array = array.astype(np.float32)
+    flat[names[0], names[1:]] = array
+  return flat
+
+
+def _to_torch_layout(path, array):
+  """One flax array in torch's layout: the inverse of ``_convert``'s transposes (conv kernel
+  [kh, kw, I/g, O] -> [O, I/g, kh, kw], dense kernel [in, out] -> [out, in]; others as is)."""
+  if path[-1] == 'kernel' and array.ndim == 4:
+    array = np.transpose(array, (3, 2, 0, 1))
+  elif path[-1] == 'kernel' and array.ndim == 2:
+    array = array.T
+  return np.ascontiguousarray(array)
 
 
 def _natural(key):
@@ -624,19 +740,52 @@ def _listing(what, keys):
   return f'{what} {keys[:_SHOW]}{more}'
 
 
-def _classifier_key(model, want, layout):
-  """(torch key, flax kernel path) of the model's final classifier, or (None, None)."""
+def classifier_module(model) -> tuple:
+  """The params path of ``model``'s final classifier: the module its ``tap_aliases()['logits']``
+  names (``('head', 'fc')`` for ConvNeXt), else ``('fc',)``. What ``reset_classifier`` leaves
+  out: the one module whose shape depends on the class count."""
   try:
     head = model.tap_aliases().get('logits')
-  except Exception:  # pylint: disable=broad-except
+  except Exception:  # pylint: disable=broad-except  A model without tap_aliases.
     head = None
-  path = tuple(head.split('/')) + ('kernel',) if head else ('fc', 'kernel')
+  return tuple(head.split('/')) if head else ('fc',)
+
+
+def _under(path, module):
+  """Whether the flax variable ``path`` belongs to ``module`` (a path prefix)."""
+  return tuple(path[:len(module)]) == tuple(module)
+
+
+def reset_head(model, want, config_key):
+  """``classifier_module(model)``, or a KdjaxError naming the flag when ``want``
+  (``abstract_variables``) has no kernel there: no classifier to reset."""
+  head = classifier_module(model)
+  if head + ('kernel',) not in want.get('params', {}):
+    network = config_key.split('.')[0]
+    raise KdjaxError(f'{network}.reset_classifier=True but {network}.model '
+                     f'{_model_name(model)} has no classifier kernel at '
+                     f"'{'/'.join(head)}'; set --config.{network}.reset_classifier=False")
+  return head
+
+
+def reset_hint(config_key):
+  """The remedy for a classifier of another class count, where the config has one."""
+  if config_key.split('.')[0] != 'student':
+    return ': a teacher must be trained on the dataset\'s classes'
+  return (': to fine-tune these weights on the dataset\'s classes, pass '
+          '--config.student.reset_classifier=True')
+
+
+def _classifier_key(model, want, layout):
+  """(torch key, flax kernel path) of the model's final classifier, or (None, None)."""
+  path = classifier_module(model) + ('kernel',)
   if path not in want.get('params', {}):
     return None, None
   return flax_to_torch_key('params', path, layout), path
 
 
-def _classifier_hint(state_dict, model, want, layout='torchvision'):
+def _classifier_hint(state_dict, model, want, layout='torchvision',
+                     config_key='teacher.checkpoint'):
   """A sentence for the common case: a classifier with another number of classes."""
   key, path = _classifier_key(model, want, layout)
   fc = state_dict.get(key) if key else None
@@ -646,7 +795,7 @@ def _classifier_hint(state_dict, model, want, layout='torchvision'):
   if classes == wanted:
     return ''
   return (f' (the checkpoint\'s classifier has {classes} classes but the dataset has '
-          f'{wanted}: a teacher must be trained on the dataset\'s classes)')
+          f'{wanted}{reset_hint(config_key)})')
 
 
 def _size_hint(state_dict, model, want):

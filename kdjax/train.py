@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 import flax
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -191,6 +192,10 @@ def _check_config(config):
   for key in ('learning_rate', 'weight_decay'):
     if not math.isfinite(opt[key]) or opt[key] < 0:
       raise KdjaxError(f'optimizer.{key} must be a finite number >= 0, got {opt[key]}')
+  if config.student.get('reset_classifier', False) and not config.student.checkpoint:
+    raise KdjaxError('student.reset_classifier=True resets the classifier of the weights in '
+                     'student.checkpoint, which is empty; set --config.student.checkpoint, or '
+                     '--config.student.reset_classifier=False for a random student')
   if config.export not in methods.TRAINABLE:
     raise KdjaxError(f"export must be one of {', '.join(methods.TRAINABLE)}, got "
                      f"'{config.export}'")
@@ -258,11 +263,25 @@ def _network(config, name, info, input_shape, tap_names):
   return model
 
 
+def complete_variables(loaded, init):
+  """`loaded` where it has every variable `init()` has, else `init()` overlaid with `loaded`:
+  the leaves a checkpoint leaves out (the classifier of student.reset_classifier) take the
+  fresh initialisation a random network gets. `init` is run only then."""
+  flat = lambda tree: traverse_util.flatten_dict(flax.core.unfreeze(tree))
+  loaded_flat = flat(loaded)
+  if set(flat(jax.eval_shape(init))) <= set(loaded_flat):
+    return loaded
+  return traverse_util.unflatten_dict({**flat(init()), **loaded_flat})
+
+
 def _check_runs(model, variables, input_shape, network):
-  """Loaded weights must run on this input: one line at set-up instead of a trace later."""
+  """Loaded weights must run on this input: one line at set-up instead of a trace later. A
+  classifier left out (student.reset_classifier) runs as its fresh initialisation will."""
+  def run(v, x):
+    v = complete_variables(v, lambda: model.init(jax.random.key(0), x, train=False))
+    return model.apply(v, x, train=False)
   try:
-    jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables,
-                   jax.ShapeDtypeStruct(input_shape, jnp.float32))
+    jax.eval_shape(run, variables, jax.ShapeDtypeStruct(input_shape, jnp.float32))
   except KdjaxError:
     raise
   except Exception as e:  # pylint: disable=broad-except  Flax shape errors name the layer.
@@ -293,7 +312,8 @@ def build_networks(config, data: Data, terms) -> Networks:
   pretrained, student_source = {}, {'source': 'random-init'}
   if config.student.checkpoint:  # Fine-tuning and pretrained students start from weights.
     pretrained['student'], student_source = checkpoint.load_variables(
-        config.student.checkpoint, trainable['student'], input_shape, network='student')
+        config.student.checkpoint, trainable['student'], input_shape, network='student',
+        reset_classifier=config.student.get('reset_classifier', False))
     _check_runs(trainable['student'], pretrained['student'], input_shape, 'student')
   networks = {**trainable, 'teacher': teacher} if teacher is not None else trainable
   return Networks(
@@ -345,13 +365,16 @@ def tap_shapes(model, tap_names, input_shape):
 
 
 def init_state(setup: Setup, seed, pretrained=None) -> TrainState:
-  """Variables for every trainable network (random, or `pretrained[name]`) and connector
+  """Variables for every trainable network (random, or `pretrained[name]`, whose missing
+  classifier under student.reset_classifier gets the random network's init) and connector
   (random); a fresh optimizer state."""
   x = jnp.zeros((1,) + setup.data.info.image_shape, jnp.float32)
   params, batch_stats = {}, {}
   for i, (name, model) in enumerate(sorted(setup.networks.trainable.items())):
-    variables = (pretrained or {}).get(name) or model.init(
-        jax.random.fold_in(jax.random.key(seed), i), x, train=False)
+    init = functools.partial(model.init, jax.random.fold_in(jax.random.key(seed), i), x,
+                             train=False)
+    loaded = (pretrained or {}).get(name)
+    variables = complete_variables(loaded, init) if loaded else init()
     params[name] = variables['params']
     batch_stats[name] = variables.get('batch_stats', {})
   if setup.objective.connectors:  # Trained with the networks, saved, never exported.

@@ -24,11 +24,14 @@ LOCK_FILE = 'kdjax.lock'
 STALE_AFTER_S = 600.0   # a holder on another host that has not touched the lock for this long
 
 # Keys whose change does not alter the training trajectory: how often to log, evaluate and
-# save, where the same data and weights live, how errors are handled.
+# save, where the same data and weights live, how errors are handled. The student's starting
+# weights (student.checkpoint, student.reset_classifier) only matter at step 0: a resumed run
+# continues from its checkpoint's.
 HARMLESS_KEYS = frozenset({
     'log_every_steps', 'eval_every_epochs', 'checkpoint_every_steps', 'keep_checkpoints',
     'eval_batch_size', 'data_dir', 'input.prefetch_batches', 'input.unlabeled.data_dir',
-    'teacher.checkpoint', 'student.checkpoint', 'allow_config_change', 'on_nonfinite',
+    'teacher.checkpoint', 'student.checkpoint', 'student.reset_classifier',
+    'allow_config_change', 'on_nonfinite',
 })
 # The run's length: harmless unless the learning-rate schedule depends on it (cosine).
 LENGTH_KEYS = frozenset({'num_epochs', 'num_train_steps'})

@@ -131,6 +131,7 @@ class ResNet(nn.Module):
   block: Any
   num_classes: int = 1000
   dtype: Any = jnp.float32
+  torch_layout = 'torchvision'  # state dict keys as torchvision/timm name them (torch_import)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
