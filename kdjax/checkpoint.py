@@ -281,6 +281,8 @@ def export_metadata(variables, metadata, workdir):
       'dtype': network.get('dtype', 'float32'),  # the compute dtype the run evaluated with
       'dataset': config.get('dataset'),
       'eval_split': (config.get('input') or {}).get('eval_split'),
+      # An image folder's held-out split depends on it (evaluating the export re-derives it).
+      'holdout_fraction': (config.get('input') or {}).get('holdout_fraction'),
       'preprocess': eval_preprocessing(metadata),
       'class_names': metadata.get('class_names'),  # None for checkpoints written before them
   }

@@ -41,7 +41,8 @@ def eval_config(classifier, *, dataset, split, data_dir):
       dataset=dataset, data_dir=data_dir,
       input=dict(eval_split=split, image_size=pre.image_size,
                  eval_preprocess=pre.eval_preprocess, eval_resize_size=pre.eval_resize_size,
-                 mean=pre.mean, std=pre.std, prefetch_batches=2)))
+                 mean=pre.mean, std=pre.std, prefetch_batches=2,
+                 holdout_fraction=classifier.metadata.get('holdout_fraction') or 0.1)))
 
 
 def _check_data(classifier, builder, config, flag):

@@ -49,18 +49,19 @@ def read(workdir) -> dict:
     return json.load(f)
 
 
-def record_session(workdir, config, *, start_step, end_step, wall_s, status):
+def record_session(workdir, config, *, start_step, end_step, wall_s, status, commit):
   """Adds one session (start and end step, wall time, 'finished' / 'preempted' / 'failed') to
-  `<workdir>/provenance.json` and refreshes the run-wide fields. Process 0 only."""
+  `<workdir>/provenance.json` and refreshes the run-wide fields; `commit` is `git_commit()` as
+  the session started. Process 0 only."""
   if jax.process_index() != 0:
     return
   record = read(workdir)
   sessions = record.get('sessions', []) + [{
       'start_step': int(start_step), 'end_step': int(end_step), 'wall_s': round(wall_s, 3),
-      'status': status, 'host': platform.node(),
+      'status': status, 'host': platform.node(), 'git_commit': commit,
       'ended': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}]
   record.update(
-      git_commit=git_commit(), packages=checkpoint.package_versions(),
+      git_commit=commit, packages=checkpoint.package_versions(),
       python=platform.python_version(), devices=devices(),
       config=json.loads(config.to_json_best_effort()), sessions=sessions,
       wall_s=round(sum(s['wall_s'] for s in sessions), 3))

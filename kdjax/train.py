@@ -846,6 +846,7 @@ def _train(config, workdir, setup, mesh, lock, created, progress_mode):
 
   result = {}
   session_start, status, step = time.perf_counter(), 'failed', start_step
+  commit = provenance.git_commit() if jax.process_index() == 0 else None
   progress = metrics_lib.Progress(total, start_step, mode='none')
   try:
     if setup.networks.teacher is not None and start_step == 0:
@@ -914,4 +915,5 @@ def _train(config, workdir, setup, mesh, lock, created, progress_mode):
     writer.close()
     if status:
       provenance.record_session(workdir, config, start_step=start_step, end_step=step,
-                                wall_s=time.perf_counter() - session_start, status=status)
+                                wall_s=time.perf_counter() - session_start, status=status,
+                                commit=commit)

@@ -137,11 +137,6 @@ def infer_from_folder(config, builder, summary):
                  ', '.join(f'input.{k}={v}' for k, v in inferred.items()))
 
 
-def get_eval_builder(config, data_dir_flag='--config.data_dir'):
-  """The prepared builder of `config.dataset` with only the eval split checked (evaluating a
-  trained network: `python -m kdjax.evaluate`)."""
-  return _prepared_builder(config.dataset, config.data_dir, (config.input.eval_split,),
-                           'dataset', data_dir_flag)
 
 
 def get_unlabeled_builder(config):
