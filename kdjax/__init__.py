@@ -1,8 +1,11 @@
 """kdjax: knowledge distillation for image classifiers in JAX/Flax.
 
 Import what a notebook needs from here:
+  kdjax.recipes.get(name, arg)  a recipe's config by name (configs/<name>.py, also installed)
+  kdjax.train.train_and_evaluate(config, workdir)   a progress bar in notebooks; returns the
+                               final metrics with .history (pandas.DataFrame(result.history))
+  kdjax.harness                run recipes over seeds, tabulate and plot (experiments/)
   kdjax.losses                 pure loss functions
-  kdjax.train.train_and_evaluate(config, workdir)
   kdjax.models.get_model(name, num_classes=...)
   kdjax.load(path)             a trained student (export folder or workdir) that classifies raw
                                images with its run's eval preprocessing (kdjax.inference)
