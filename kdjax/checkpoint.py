@@ -21,10 +21,10 @@ import logging
 import os
 import time
 
-import jax
-import jax.numpy as jnp
 import flax
 from flax import traverse_util
+import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
