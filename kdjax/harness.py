@@ -17,6 +17,7 @@ run's provenance (commit, config, packages, devices, wall time) is in its proven
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
@@ -26,6 +27,8 @@ from kdjax import provenance
 from kdjax import recipes
 from kdjax.errors import KdjaxError
 from kdjax.metrics import read_records
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,7 +315,8 @@ def _save(fig, path):
 
 def report(entries, seeds, root, out_dir) -> str:
   """Collects, writes results.md, results.csv (one row per entry), runs.csv (one per run),
-  curves.png and comparison.png to `out_dir`; returns the Markdown table."""
+  and with matplotlib installed curves.png and comparison.png to `out_dir`; returns the
+  Markdown table."""
   rows = collect(entries, seeds, root)
   if not rows:
     raise KdjaxError(f'no run under {root} has a result yet; train first (drop --collect_only)')
@@ -323,8 +327,11 @@ def report(entries, seeds, root, out_dir) -> str:
     f.write(table + '\n')
   write_csv(summary, os.path.join(out_dir, 'results.csv'))
   write_csv(rows, os.path.join(out_dir, 'runs.csv'))
-  plot_curves(entries, seeds, root, os.path.join(out_dir, 'curves.png'))
-  plot_comparison(summary, os.path.join(out_dir, 'comparison.png'))
+  try:
+    plot_curves(entries, seeds, root, os.path.join(out_dir, 'curves.png'))
+    plot_comparison(summary, os.path.join(out_dir, 'comparison.png'))
+  except KdjaxError as e:  # matplotlib is optional: the table and CSVs are the results.
+    log.warning('No plots: %s', e)
   return table
 
 

@@ -49,8 +49,8 @@ def main(argv):
   seed_text = 'seed 0' if FLAGS.seeds == 1 else f'seeds 0-{FLAGS.seeds - 1}'
   print(f'\nHeld-out top-1 on the embedded digits (597 images), {seed_text}:\n')
   print(table)
-  print(f'\nRuns (metrics.jsonl, provenance.json, TensorBoard) and results.md, results.csv, '
-        f'runs.csv, curves.png, comparison.png: {workdir}')
+  print(f'\nRuns (metrics.jsonl, provenance.json, TensorBoard) and the report (results.md, '
+        f'results.csv, runs.csv, plots): {workdir}')
 
 
 if __name__ == '__main__':

@@ -151,3 +151,12 @@ def test_the_quickstart_regenerates_the_readme_table_and_plots_in_few_lines(tmp_
       cwd=conftest.ROOT, env=env, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   assert again.stdout.strip() == table
+
+
+def test_without_matplotlib_the_report_has_its_tables_and_no_plots(tmp_path, monkeypatch):
+  entry = harness.Entry('KD', 'digits_kd')
+  _fake_run(tmp_path, entry, 0, 0.9)
+  monkeypatch.setitem(sys.modules, 'matplotlib', None)  # `import matplotlib` now fails
+  table = harness.report([entry], [0], str(tmp_path), str(tmp_path / 'out'))
+  assert '| KD | 90.0 |' in table
+  assert sorted(os.listdir(tmp_path / 'out')) == ['results.csv', 'results.md', 'runs.csv']
