@@ -7,6 +7,11 @@ student keeps 100 of the 1,200 training labels; the distilled student also reads
 digits_cnn teacher's outputs on every training image. Each variant is trained with every seed
 through the same trainer as ImageNet (TFDS input, jit step, Orbax checkpoints), and the table
 reports held-out top-1 (597 images) as mean ± standard deviation over seeds.
+
+The runs and the report go through the reproduction harness (`kdjax.harness.QUICKSTART`; the
+same table as `python experiments/reproduce.py --experiment=quickstart`): finished runs in
+--workdir are kept, and the workdir gets results.md, results.csv, runs.csv and the plots.
+`--verbosity=0` shows the runs' own progress lines as well.
 """
 
 import logging
