@@ -18,7 +18,7 @@ from kdjax import train
 from kdjax.data import input_pipeline
 
 RECIPES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(conftest.ROOT, 'configs',
-                                                                            '*.py')))
+                                                                            '[!_]*.py')))
 IMAGENET = [r for r in RECIPES if r.endswith(('r34_r18', 'r18_r18', 'r50_mv1')) or r == 'train_r34']
 CIFAR = [r for r in RECIPES if r.endswith('r32x4_r8x4')]
 
