@@ -14,9 +14,16 @@ Import what a notebook needs from here:
 __version__ = '0.1.0'
 
 
+_SUBMODULES = ('checkpoint', 'harness', 'losses', 'models', 'recipes', 'torch_import', 'train')
+
+
 def __getattr__(name):
-  """`kdjax.load` imports JAX and the models only when first used: `import kdjax` stays light."""
+  """`kdjax.load` and the submodules above import JAX only when first used: `import kdjax`
+  stays light, and `kdjax.recipes.get(...)` works after a bare `import kdjax`."""
   if name == 'load':
     from kdjax.inference import load  # pylint: disable=g-import-not-at-top
     return load
+  if name in _SUBMODULES:
+    import importlib  # pylint: disable=g-import-not-at-top
+    return importlib.import_module(f'kdjax.{name}')
   raise AttributeError(f"module 'kdjax' has no attribute {name!r}")

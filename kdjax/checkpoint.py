@@ -280,6 +280,7 @@ def export_metadata(variables, metadata, workdir):
       'sha256': tree_hash(variables),
       'dtype': network.get('dtype', 'float32'),  # the compute dtype the run evaluated with
       'dataset': config.get('dataset'),
+      'data_dir': config.get('data_dir'),  # where kdjax.evaluate looks by default
       'eval_split': (config.get('input') or {}).get('eval_split'),
       # An image folder's held-out split depends on it (evaluating the export re-derives it).
       'holdout_fraction': (config.get('input') or {}).get('holdout_fraction'),

@@ -38,7 +38,9 @@ def resolve_recipe_paths(argv):
   for a in argv:
     if a.startswith('--config='):
       file, colon, arg = a[len('--config='):].partition(':')
-      if file and not os.path.isfile(file):
+      # Only a bare name or configs/NAME.py: a missing file elsewhere (a typo, an unmounted
+      # share) must stay an error, never silently become the shipped recipe of that name.
+      if file and not os.path.isfile(file) and os.path.dirname(file) in ('', 'configs'):
         try:
           a = f'--config={recipes.path(file)}{colon}{arg}'
         except KdjaxError:

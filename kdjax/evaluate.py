@@ -91,10 +91,18 @@ def evaluate(checkpoint, *, dataset=None, split=None, data_dir=None, batch_size=
   if not dataset:
     raise KdjaxError(f"the metadata of '{checkpoint}' does not name its dataset (exported "
                      'before kdjax recorded it); pass --dataset')
+  same = dataset == student.metadata.get('dataset')
+  if same and data_dir is None:
+    data_dir = student.metadata.get('data_dir')  # where the run read it
   if not split:
-    same = dataset == student.metadata.get('dataset')
-    split = (same and student.metadata.get('eval_split')) or 'test'
+    split = (same and student.metadata.get('eval_split')) or ('' if dataset.startswith(
+        'folder:') else 'test')
   config = eval_config(student, dataset=dataset, split=split, data_dir=data_dir)
+  if not split:  # Another image folder: its held-out split, as a run on it would take.
+    from kdjax.data import image_folder  # pylint: disable=g-import-not-at-top
+    builder, _ = input_pipeline.open_builder(
+        dataset, data_dir, 'dataset', config.input.holdout_fraction, '--data_dir')
+    config.input.eval_split = split = image_folder.default_eval_split(builder)
   builder = input_pipeline.get_eval_builder(config, data_dir_flag='--data_dir')
   _check_data(student, builder, config, '--checkpoint')
   mesh = train.make_mesh(jax.local_devices()[:1])  # One device: any batch size works.

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import time
 
 from kdjax import provenance
@@ -126,10 +127,11 @@ def commands(entries, seeds, root) -> list[str]:
   out = []
   for entry, seed in _unique_runs(entries, seeds):
     name, _, arg = entry.recipe.partition(':')
-    overrides = ''.join(f' --config.{k}={json.dumps(v) if not isinstance(v, str) else v}'
+    overrides = ''.join(' ' + shlex.quote(f'--config.{k}={v if isinstance(v, str) else repr(v)}')
                         for k, v in entry.overrides)
     out.append(f'python -m kdjax.main --config=configs/{name}.py{":" + arg if arg else ""} '
-               f'--workdir={workdir(entry, seed, root)} --config.seed={seed}{overrides}')
+               f'{shlex.quote("--workdir=" + workdir(entry, seed, root))} --config.seed={seed}'
+               f'{overrides}')
   return out
 
 
@@ -139,18 +141,21 @@ def is_finished(run_dir) -> bool:
 
 
 def run(entries, seeds, root, *, echo=print, progress='none'):
-  """Trains every run that has not finished yet (an interrupted one resumes), in this process."""
-  from kdjax import train  # pylint: disable=g-import-not-at-top  (JAX only when training)
+  """Trains every run that has not finished (an interrupted one resumes), in this process.
+
+  A finished run goes through the trainer too, which refuses it when the recipe changed in a
+  way that alters training (a stale result never enters a table) and otherwise returns its
+  recorded result without training."""
+  from kdjax import train  # pylint: disable=g-import-not-at-top
   runs = _unique_runs(entries, seeds)
   for i, (entry, seed) in enumerate(runs, 1):
     run_dir = workdir(entry, seed, root)
-    if is_finished(run_dir):
-      echo(f'[{i}/{len(runs)}] {entry.recipe}, seed {seed}: done before, kept')
-      continue
+    done_before = is_finished(run_dir)
     start = time.perf_counter()
     result = train.train_and_evaluate(config_for(entry, seed), run_dir, progress=progress)
+    what = 'done before, kept' if done_before else f'{time.perf_counter() - start:.0f} s'
     echo(f'[{i}/{len(runs)}] {entry.recipe}, seed {seed}: top-1 {100 * result["top1"]:.1f} '
-         f'({time.perf_counter() - start:.0f} s)')
+         f'({what})')
 
 
 def exported_model(run_dir) -> str:
@@ -179,10 +184,13 @@ def collect(entries, seeds, root) -> list[dict]:
         continue
       record = provenance.read(run_dir)
       devices = record.get('devices', {})
+      commits = sorted({s.get('git_commit') or '' for s in record.get('sessions', [])} - {''})
       rows.append({'label': entry.label, 'recipe': entry.recipe, 'seed': seed,
                    'model': line['model'], 'step': line['step'],
                    'top1': 100 * line['top1'], 'top5': 100 * line.get('top5', math.nan),
-                   'finished': is_finished(run_dir), 'git_commit': record.get('git_commit'),
+                   'finished': is_finished(run_dir),
+                   # A run resumed on another commit names every commit it ran on.
+                   'git_commit': ' '.join(commits) or record.get('git_commit'),
                    'device_kind': devices.get('kind'), 'device_count': devices.get('count'),
                    'wall_s': record.get('wall_s'), 'workdir': run_dir})
   return rows
@@ -200,10 +208,12 @@ def summarize(entries, rows) -> list[dict]:
   Entries without any result have n = 0."""
   summary = []
   for entry in entries:
-    mine = [r for r in rows if r['label'] == entry.label]
+    everything = [r for r in rows if r['label'] == entry.label]
+    mine = [r for r in everything if r['finished']]  # A run still going is not a result.
     top1, top1_std = _mean_std([r['top1'] for r in mine]) if mine else (math.nan, math.nan)
     top5, top5_std = _mean_std([r['top5'] for r in mine]) if mine else (math.nan, math.nan)
     summary.append({'label': entry.label, 'recipe': entry.recipe, 'n': len(mine),
+                    'unfinished': len(everything) - len(mine),
                     'seeds': ' '.join(str(r['seed']) for r in mine),
                     'top1_mean': top1, 'top1_std': top1_std, 'top5_mean': top5,
                     'top5_std': top5_std, 'expected_top1': entry.expected,
@@ -225,8 +235,9 @@ def markdown(summary) -> str:
     expected = s['expected_top1']
     expected = ('-' if expected is None else
                 f'{expected:.1f}' if round(expected, 1) == expected else f'{expected:.2f}')
+    n = f'{s["n"]} (+{s["unfinished"]} unfinished)' if s.get('unfinished') else s['n']
     lines.append(f'| {s["label"]} | {_pm(s["top1_mean"], s["top1_std"])} | '
-                 f'{_pm(s["top5_mean"], s["top5_std"])} | {s["n"]} | {expected} | '
+                 f'{_pm(s["top5_mean"], s["top5_std"])} | {n} | {expected} | '
                  f'{s["source"] or "-"} |')
   return '\n'.join(lines)
 
@@ -319,7 +330,7 @@ def report(entries, seeds, root, out_dir) -> str:
   Markdown table."""
   rows = collect(entries, seeds, root)
   if not rows:
-    raise KdjaxError(f'no run under {root} has a result yet; train first (drop --collect_only)')
+    raise KdjaxError(f'no run under {root} has a result yet; train the runs first')
   summary = summarize(entries, rows)
   table = markdown(summary)
   os.makedirs(out_dir, exist_ok=True)

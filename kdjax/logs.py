@@ -42,16 +42,26 @@ def setup(verbosity: int | None = None, *, kdjax_level: int | None = None):
   logging.getLogger('absl').setLevel(others)  # Orbax, TFDS and CLU log through absl.
   logging.root.setLevel(others)
   if not logging.root.handlers and not kdjax_logger.handlers:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter(_FORMAT, datefmt='%H:%M:%S'))
-    kdjax_logger.addHandler(handler)
-    kdjax_logger.propagate = False
+    _add_handler(kdjax_logger)
+
+
+def _add_handler(kdjax_logger):
+  handler = logging.StreamHandler(sys.stdout)
+  handler.setFormatter(logging.Formatter(_FORMAT, datefmt='%H:%M:%S'))
+  kdjax_logger.addHandler(handler)
+  kdjax_logger.propagate = False
 
 
 def ensure():
-  """`setup()` unless logging was set up already (by a CLI, or by the user in a notebook)."""
-  if logging.getLogger('kdjax').level == logging.NOTSET:
-    setup()
+  """Unless kdjax's logger was set up already (by a CLI, or by the user): kdjax's lines at INFO,
+  with a stdout handler where nothing handles them (a notebook). Other loggers are left as the
+  caller has them."""
+  kdjax_logger = logging.getLogger('kdjax')
+  if kdjax_logger.level != logging.NOTSET:
+    return
+  kdjax_logger.setLevel(logging.INFO)
+  if not logging.root.handlers and not kdjax_logger.handlers:
+    _add_handler(kdjax_logger)
 
 
 def verbosity_flag() -> int | None:

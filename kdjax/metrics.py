@@ -72,12 +72,18 @@ def _drop_lines_after(path, step):
 
 
 def read_records(workdir) -> list[dict]:
-  """Every record of `<workdir>/metrics.jsonl`, in order ([] before the first)."""
+  """Every complete record of `<workdir>/metrics.jsonl`, in order ([] before the first)."""
   path = os.path.join(workdir, 'metrics.jsonl')
   if not os.path.exists(path):
     return []
+  records = []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except ValueError:  # A line cut off by a hard kill (the resumed run rewrites it).
+        continue
+  return records
 
 
 def in_notebook() -> bool:

@@ -715,6 +715,15 @@ def _check_resume(config, setup, metadata, workdir):
     log.info('Resuming with a changed config: %s', change)
 
 
+def _last_eval(workdir, model, step):
+  """The metrics of `model`'s eval line at `step` in metrics.jsonl, or None."""
+  lines = [r for r in metrics_lib.read_records(workdir)
+           if r.get('model') == model and r['step'] == step and 'split' in r]
+  if not lines:
+    return None
+  return {k: v for k, v in lines[-1].items() if k not in ('step', 'split', 'model')}
+
+
 class RunResult(dict):
   """The exported network's final eval metrics (`top1`, `top5`, ... as fractions), with the
   run's `workdir` and its `history`: every metrics.jsonl record, a list of dicts that
@@ -853,8 +862,12 @@ def _train(config, workdir, setup, mesh, lock, created, progress_mode):
       run_eval(0, 'teacher')
     if start_step >= total:
       log.info('The run in %s is already complete (step %d).', workdir, start_step)
-      status = None  # Nothing trained: no session to record.
-      return run_evals(start_step, write=False)  # Its eval lines are already written.
+      # Nothing trained; a run completed before provenance.json existed (or stopped exactly at
+      # its last step) gets its 'finished' session now.
+      sessions = provenance.read(workdir).get('sessions', [])
+      status = None if sessions and sessions[-1]['status'] == 'finished' else 'finished'
+      return (_last_eval(workdir, exported_name(config), start_step)  # already written
+              or run_evals(start_step, write=False))
 
     batches = input_pipeline.train_batches(config, setup.data.builder, start_step=start_step,
                                            local_batch_size=local_batch,
@@ -914,6 +927,9 @@ def _train(config, workdir, setup, mesh, lock, created, progress_mode):
     manager.close()
     writer.close()
     if status:
-      provenance.record_session(workdir, config, start_step=start_step, end_step=step,
-                                wall_s=time.perf_counter() - session_start, status=status,
-                                commit=commit)
+      try:
+        provenance.record_session(workdir, config, start_step=start_step, end_step=step,
+                                  wall_s=time.perf_counter() - session_start, status=status,
+                                  commit=commit)
+      except (OSError, ValueError) as e:  # Never let the record hide how the run ended.
+        log.warning('Could not write %s/%s: %s', workdir, provenance.FILE, e)

@@ -162,3 +162,17 @@ def test_missing_imagenet_says_how_to_prepare_it(tmp_path):
                           f'--workdir={tmp_path / "w"}', f'--config.data_dir={tmp_path}')
   _assert_one_line_error(proc, 'python -m kdjax.prepare imagenet2012 --data_dir=')
   assert 'ILSVRC2012_img_train.tar' in proc.stderr
+
+
+def test_recipe_names_resolve_only_as_names_or_under_configs(tmp_path, monkeypatch):
+  from kdjax import cli  # pylint: disable=g-import-not-at-top
+  from kdjax import recipes  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)  # no configs/ folder here
+  shipped = recipes.path('kd_r34_r18')
+  assert cli.resolve_recipe_paths(['p', '--config=kd_r34_r18:smoke', '--workdir=w']) == [
+      'p', f'--config={shipped}:smoke', '--workdir=w']
+  assert cli.resolve_recipe_paths(['p', '--config=configs/kd_r34_r18.py']) == [
+      'p', f'--config={shipped}']
+  # A missing file elsewhere stays missing (reported as such), never the shipped recipe.
+  assert cli.resolve_recipe_paths(['p', '--config=/mnt/mine/kd_r34_r18.py']) == [
+      'p', '--config=/mnt/mine/kd_r34_r18.py']

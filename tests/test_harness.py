@@ -160,3 +160,42 @@ def test_without_matplotlib_the_report_has_its_tables_and_no_plots(tmp_path, mon
   table = harness.report([entry], [0], str(tmp_path), str(tmp_path / 'out'))
   assert '| KD | 90.0 |' in table
   assert sorted(os.listdir(tmp_path / 'out')) == ['results.csv', 'results.md', 'runs.csv']
+
+
+def test_unfinished_runs_are_shown_but_not_averaged(tmp_path):
+  entry = harness.Entry('KD', 'digits_kd')
+  for seed, top1 in enumerate((0.8, 0.9)):
+    _fake_run(tmp_path, entry, seed, top1)
+  running = os.path.join(harness.workdir(entry, 1, str(tmp_path)), 'provenance.json')
+  with open(running) as f:
+    record = json.load(f)
+  record['sessions'][-1]['status'] = 'preempted'
+  with open(running, 'w') as f:
+    json.dump(record, f)
+  with open(os.path.join(harness.workdir(entry, 0, str(tmp_path)), 'metrics.jsonl'), 'a') as f:
+    f.write('{"step": 30, "lo')  # cut off by a hard kill: skipped
+  table = harness.markdown(harness.summarize([entry], harness.collect([entry], (0, 1),
+                                                                      str(tmp_path))))
+  assert table.splitlines()[2] == '| KD | 80.0 | 90.0 | 1 (+1 unfinished) | - | - |'
+
+
+def test_a_finished_run_is_kept_and_refused_when_its_recipe_changed(tmp_path, digits_data_dir,
+                                                                    monkeypatch):
+  entry = harness.Entry('KD', 'digits_kd:smoke', overrides={'data_dir': digits_data_dir,
+                                                           'num_train_steps': 4})
+  said = []
+  harness.run([entry], [0], str(tmp_path), echo=said.append)
+  harness.run([entry], [0], str(tmp_path), echo=said.append)
+  assert said[1].endswith('(done before, kept)') and said[0].split('(')[0] == said[1].split('(')[0]
+  sessions = json.load(open(os.path.join(harness.workdir(entry, 0, str(tmp_path)),
+                                         'provenance.json')))['sessions']
+  assert [s['status'] for s in sessions] == ['finished']
+  original = harness.config_for
+
+  def edited_recipe(e, seed):
+    config = original(e, seed)
+    config.optimizer.learning_rate = 0.5  # as if configs/digits_kd.py had been edited
+    return config
+  monkeypatch.setattr(harness, 'config_for', edited_recipe)
+  with pytest.raises(KdjaxError, match='optimizer.learning_rate'):
+    harness.run([entry], [0], str(tmp_path), echo=said.append)

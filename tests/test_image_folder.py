@@ -163,3 +163,22 @@ def test_prepare_fails_in_one_line_without_network(tmp_path, name, fragment):
   errors = [line for line in proc.stderr.splitlines() if line.startswith('kdjax: error:')]
   assert len(errors) == 1 and fragment in errors[0], proc.stderr[-2000:]
   assert not list(tmp_path.glob('**/*.tfrecord*')) and not (tmp_path / 'downloads').exists()
+
+
+def test_a_stray_folder_without_images_is_ignored_and_an_ambiguous_one_refused(tmp_path):
+  root = make_split(tmp_path / 'zip')
+  os.makedirs(tmp_path / 'zip' / '__MACOSX' / 'train')
+  with open(tmp_path / 'zip' / '__MACOSX' / 'train' / '._0.png', 'w') as f:
+    f.write('resource fork, not an image')
+  assert image_folder._has_split_folders(root)  # pylint: disable=protected-access
+  _write(os.path.join(root, 'extra', 'a', '0.png'), np.random.default_rng(0))
+  with pytest.raises(KdjaxError, match=r"has train/ and also \['extra'\]"):
+    image_folder._has_split_folders(root)  # pylint: disable=protected-access
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
+  wide = np.array([[0, 1000, 30000, 65535]], np.uint16)
+  Image.fromarray(wide).save(tmp_path / 'deep.png')
+  pixels = image_folder.load_pixels(str(tmp_path), 'deep.png', 1)
+  np.testing.assert_array_equal(pixels[..., 0], np.round(wide / 65535 * 255).astype(np.uint8))
+  assert image_folder.load_pixels(str(tmp_path), 'deep.png', 3).shape == (1, 4, 3)

@@ -104,12 +104,28 @@ def _subfolders(path):
                 if not d.startswith('.') and os.path.isdir(os.path.join(path, d)))
 
 
+def _holds_images(path):
+  """Whether `path` holds an image file `listing` would take (hidden ones, e.g. a zip's
+  __MACOSX/._x.jpg, do not count)."""
+  return any(not f.startswith('.') and f.lower().endswith(EXTENSIONS)
+             for _, _, files in os.walk(path, followlinks=True) for f in files)
+
+
 def _has_split_folders(root):
-  """Whether `root` is /train/<class>/... (+ val/validation/test), not /<class>/...: every
-  subfolder is a split name and train/ holds class folders (classes may be called 'test')."""
-  subs = _subfolders(root)
+  """Whether `root` is /train/<class>/... (+ val/validation/test), not /<class>/...: train/
+  holds class folders and every subfolder that holds images is a split name (classes may be
+  called 'test'; a stray folder without images, e.g. __MACOSX, is ignored). A train/ next to
+  another folder of images is ambiguous: a KdjaxError names it."""
+  subs = [d for d in _subfolders(root) if _holds_images(os.path.join(root, d))]
   train = os.path.join(root, 'train')
-  return 'train' in subs and set(subs) <= set(SPLIT_FOLDERS) and bool(_subfolders(train))
+  if 'train' not in subs or not _subfolders(train):
+    return False
+  others = [d for d in subs if d not in SPLIT_FOLDERS]
+  if others:
+    raise KdjaxError(f"image folder '{root}' has train/ and also {others}: either put every "
+                     f"class under train/ (and {'/, '.join(SPLIT_FOLDERS[1:])}/), or use class "
+                     'folders only, without train/')
+  return True
 
 
 def _path_hash(relpath):
@@ -225,6 +241,15 @@ def inspect(layout):
 def load_pixels(root, relpath, channels) -> np.ndarray:
   """The image as uint8 [H, W, channels] (grayscale 'L' or 'RGB', alpha dropped)."""
   with _open_image(root, relpath) as image:
+    if image.mode.startswith('I'):  # 16- or 32-bit integer grayscale: PIL's convert clips it
+      wide = np.asarray(image).astype(np.float64)
+      top = 65535.0 if wide.max() <= 65535 else float(wide.max())
+      gray = np.round(wide / top * 255).astype(np.uint8)
+      pixels = gray[..., None] if channels == 1 else np.repeat(gray[..., None], 3, axis=-1)
+      return pixels.reshape(image.height, image.width, channels)
+    if image.mode == 'F':
+      raise KdjaxError(f"image '{os.path.join(root, relpath)}' holds floating-point pixels "
+                       '(PIL mode F), whose range kdjax cannot know; save it as 8- or 16-bit')
     image = image.convert('L' if channels == 1 else 'RGB')
     return np.asarray(image, np.uint8).reshape(image.height, image.width, channels)
 

@@ -57,7 +57,7 @@ def prepare_hint(name, data_dir) -> str:
   return hint
 
 
-def _open_builder(name, data_dir, key, holdout_fraction, data_dir_flag='--config.data_dir'):
+def open_builder(name, data_dir, key, holdout_fraction, data_dir_flag='--config.data_dir'):
   """(builder, folder summary or None) of `name`: a `folder:` dataset converted if needed, the
   embedded dataset prepared if needed, any other TFDS dataset as prepared in data_dir; or a
   KdjaxError saying how to get it."""
@@ -92,7 +92,7 @@ def _check_splits(builder, name, splits, key):
 def _prepared_builder(name, data_dir, splits, key, holdout_fraction=0.1,
                       data_dir_flag='--config.data_dir'):
   """The prepared TFDS builder `name` with `splits`, or a KdjaxError saying how to get it."""
-  builder, _ = _open_builder(name, data_dir, key, holdout_fraction, data_dir_flag)
+  builder, _ = open_builder(name, data_dir, key, holdout_fraction, data_dir_flag)
   _check_splits(builder, name, splits, key)
   return builder
 
@@ -103,7 +103,7 @@ def get_builder(config):
   For a `folder:` dataset this also fills in, in `config` itself, what the recipe left to the
   data (`infer_from_folder`), so the values are saved with the run like any other.
   """
-  builder, summary = _open_builder(config.dataset, config.data_dir, 'dataset',
+  builder, summary = open_builder(config.dataset, config.data_dir, 'dataset',
                                    config.input.holdout_fraction)
   if summary is not None:
     infer_from_folder(config, builder, summary)
@@ -125,6 +125,9 @@ def infer_from_folder(config, builder, summary):
   the training images at conversion. Explicit values are kept."""
   inp = config.input
   inferred = {}
+  absolute = f'folder:{image_folder.folder_root(config.dataset)}'
+  if config.dataset != absolute:  # An export evaluated from elsewhere finds the same folder.
+    config.dataset = absolute
   if not inp.eval_split:
     inferred['eval_split'] = image_folder.default_eval_split(builder)
   for key in ('mean', 'std'):
@@ -134,9 +137,7 @@ def infer_from_folder(config, builder, summary):
     inp[key] = value
   if inferred:
     log.info('From the image folder %s: %s', summary['folder'],
-                 ', '.join(f'input.{k}={v}' for k, v in inferred.items()))
-
-
+             ', '.join(f'input.{k}={v}' for k, v in inferred.items()))
 
 
 def get_unlabeled_builder(config):
