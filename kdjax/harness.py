@@ -192,7 +192,8 @@ def collect(entries, seeds, root) -> list[dict]:
                    # A run resumed on another commit names every commit it ran on.
                    'git_commit': ' '.join(commits) or record.get('git_commit'),
                    'device_kind': devices.get('kind'), 'device_count': devices.get('count'),
-                   'wall_s': record.get('wall_s'), 'workdir': run_dir})
+                   'wall_s': record.get('wall_s'),
+                   'workdir': os.path.relpath(run_dir, root)})  # portable: inside root
   return rows
 
 
