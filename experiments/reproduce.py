@@ -51,8 +51,7 @@ def entries_and_name():
 
 def main(argv):
   del argv
-  logs.setup(logs.verbosity_flag(), kdjax_level=None if logs.verbosity_flag() is not None
-             else logs.logging.WARNING)
+  logs.setup_for_summaries()
   try:
     entries, name = entries_and_name()
     seeds = [int(s) for s in FLAGS.seeds]

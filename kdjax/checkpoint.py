@@ -359,8 +359,7 @@ def _classifier_hint(got, want, model):
   kernel = jax.tree_util.keystr(tuple(jax.tree_util.DictKey(n) for n in names))
   if kernel not in got or kernel not in want or got[kernel] == want[kernel]:
     return ''
-  return (f' (the checkpoint\'s classifier has {got[kernel][-1]} classes but the dataset has '
-          f'{want[kernel][-1]}{torch_import.reset_hint("student")})')
+  return torch_import.classifier_mismatch(got[kernel][-1], want[kernel][-1], 'student')
 
 
 def random_teacher(model, input_shape, seed, calibration_passes=40):

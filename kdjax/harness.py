@@ -161,9 +161,9 @@ def run(entries, seeds, root, *, echo=print, progress='none'):
 def exported_model(run_dir) -> str:
   """The eval-line model name of the network a run exports: `config.export` ('student' unless
   a peer run says otherwise), with '_ema' when the run kept an EMA of the weights."""
-  config = provenance.read(run_dir).get('config', {})
-  name = config.get('export', 'student')
-  return name + ('_ema' if config.get('ema', {}).get('decay', 0) > 0 else '')
+  from kdjax import train  # pylint: disable=g-import-not-at-top
+  config = provenance.read(run_dir).get('config')
+  return train.exported_name(config) if config else 'student'  # the default export
 
 
 def _result_line(records, model):

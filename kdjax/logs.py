@@ -52,6 +52,13 @@ def _add_handler(kdjax_logger):
   kdjax_logger.propagate = False
 
 
+def setup_for_summaries():
+  """For tools that print their own line per run (the quickstart, the harness's CLI): kdjax's
+  progress lines too stay quiet (WARNING) unless --verbosity asks for them."""
+  verbosity = verbosity_flag()
+  setup(verbosity, kdjax_level=logging.WARNING if verbosity is None else None)
+
+
 def ensure():
   """Unless kdjax's logger was set up already (by a CLI, or by the user): kdjax's lines at INFO,
   with a stdout handler where nothing handles them (a notebook). Other loggers are left as the

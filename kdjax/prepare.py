@@ -52,12 +52,8 @@ def check_manual_files(builder, name, manual_dir):
 def prepare_tfds(name, data_dir, manual_dir):
   """Prepares TFDS dataset `name`; returns its builder."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from kdjax.data import uci_digits  # noqa: F401  pylint: disable=g-import-not-at-top  (registers)
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise KdjaxError(f"unknown TFDS dataset '{name}'; use a name from tfds.list_builders(), "
-                     'uci_digits, or folder:/path/to/images') from e
+  from kdjax.data import input_pipeline  # pylint: disable=g-import-not-at-top  (registers uci_digits)
+  builder = input_pipeline.tfds_builder(name, data_dir)
   if builder.is_prepared():
     return builder
   where = data_dir or tfds.core.constants.get_default_data_dir()

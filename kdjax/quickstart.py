@@ -14,7 +14,6 @@ same table as `python experiments/reproduce.py --experiment=quickstart`): finish
 `--verbosity=0` shows the runs' own progress lines as well.
 """
 
-import logging
 import os
 import tempfile
 
@@ -42,8 +41,7 @@ def load_recipe(arg=''):
 def main(argv):
   del argv
   # The runs' own progress lines stay in their metrics.jsonl; --verbosity=0 shows them too.
-  logs.setup(logs.verbosity_flag(), kdjax_level=None if logs.verbosity_flag() is not None
-             else logging.WARNING)
+  logs.setup_for_summaries()
   workdir = FLAGS.workdir or tempfile.mkdtemp(prefix='kdjax_quickstart_')
   seeds = range(FLAGS.seeds)
   try:

@@ -768,12 +768,15 @@ def reset_head(model, want, config_key):
   return head
 
 
-def reset_hint(config_key):
-  """The remedy for a classifier of another class count, where the config has one."""
+def classifier_mismatch(classes, wanted, config_key):
+  """The error's hint for a classifier of another class count, with its remedy."""
   if config_key.split('.')[0] != 'student':
-    return ': a teacher must be trained on the dataset\'s classes'
-  return (': to fine-tune these weights on the dataset\'s classes, pass '
-          '--config.student.reset_classifier=True')
+    remedy = ': a teacher must be trained on the dataset\'s classes'
+  else:
+    remedy = (': to fine-tune these weights on the dataset\'s classes, pass '
+              '--config.student.reset_classifier=True')
+  return (f" (the checkpoint's classifier has {classes} classes but the dataset has "
+          f'{wanted}{remedy})')
 
 
 def _classifier_key(model, want, layout):
@@ -794,8 +797,7 @@ def _classifier_hint(state_dict, model, want, layout='torchvision',
   classes, wanted = np.shape(fc)[0], want['params'][path][1]
   if classes == wanted:
     return ''
-  return (f' (the checkpoint\'s classifier has {classes} classes but the dataset has '
-          f'{wanted}{reset_hint(config_key)})')
+  return classifier_mismatch(classes, wanted, config_key)
 
 
 def _size_hint(state_dict, model, want):

@@ -691,8 +691,9 @@ def network_variables(state, name):
 
 
 def exported_name(config):
-  """What export and teacher loading take: `config.export`, or its EMA when config.ema is on."""
-  return f'{config.export}_ema' if config.ema.decay > 0 else config.export
+  """What export and teacher loading take: `config.export`, or its EMA when config.ema is on
+  (a ConfigDict, or the config as saved in JSON)."""
+  return f"{config['export']}_ema" if config['ema']['decay'] > 0 else config['export']
 
 
 def _check_resume(config, setup, metadata, workdir):

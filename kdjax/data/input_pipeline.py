@@ -57,6 +57,15 @@ def prepare_hint(name, data_dir) -> str:
   return hint
 
 
+def tfds_builder(name, data_dir, where=''):
+  """`tfds.builder(name)`, or a KdjaxError listing what names work (`where`: the config key)."""
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise KdjaxError(f"unknown TFDS dataset '{name}'{where}; use a name from "
+                     'tfds.list_builders(), uci_digits, or folder:/path/to/images') from e
+
+
 def open_builder(name, data_dir, key, holdout_fraction, data_dir_flag='--config.data_dir'):
   """(builder, folder summary or None) of `name`: a `folder:` dataset converted if needed, the
   embedded dataset prepared if needed, any other TFDS dataset as prepared in data_dir; or a
@@ -65,11 +74,7 @@ def open_builder(name, data_dir, key, holdout_fraction, data_dir_flag='--config.
     raise KdjaxError(f'{key} is empty; set --config.{key}=folder:/path/to/images or a TFDS name')
   if image_folder.is_folder(name):
     return image_folder.prepare(name, data_dir, holdout_fraction, key=key)
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except tfds.core.registered.DatasetNotFoundError as e:
-    raise KdjaxError(f"unknown TFDS dataset '{name}' ({key}); use a name from "
-                     'tfds.list_builders(), uci_digits, or folder:/path/to/images') from e
+  builder = tfds_builder(name, data_dir, f' ({key})')
   if name in EMBEDDED_DATASETS and not _is_prepared(builder):
     builder.download_and_prepare()
   if not _is_prepared(builder):
