@@ -49,9 +49,15 @@ def base_config():
           fraction=0.0,             # share of each training batch; 0 = none
       )),
       prefetch_batches=2,
-      # Multi-process input: 'example' = batches identical to a single process (each process
-      # reads the whole stream and keeps its rows of each global batch before augmenting;
-      # the JPEG ops also decode only those); 'file' = each process reads its own files.
+      # auto | random_access | sequential. random_access reads a dataset prepared as ArrayRecord
+      # by index: each process reads only its rows of every global batch, resuming reads nothing
+      # twice (auto: for ArrayRecord datasets). sequential reads TFRecord files in shuffled
+      # order (docs/design.md#input-pipeline).
+      reader='auto',
+      # Sequential reads with several processes: 'example' = batches identical to a single
+      # process (each process reads the whole stream and keeps its rows of each global batch
+      # before augmenting; the JPEG ops also decode only those); 'file' = each process reads
+      # its own files (batches then depend on the process count).
       shard_by='example',
       add_index=False,              # batches carry `index`, the example's position in the split
   ))

@@ -4,7 +4,9 @@ r"""Prepares a dataset ahead of a run, so the run finds it ready.
   python -m kdjax.prepare folder:/path/to/images [--data_dir=DIR] [--holdout_fraction=0.1]
 
 NAME is any TFDS dataset: `tfds.builder(NAME, data_dir=DIR).download_and_prepare()`, the same
-preparation as `tfds build` without its apache_beam requirement. Datasets whose files must be
+preparation as `tfds build` without its apache_beam requirement, stored as ArrayRecord (read by
+index: each process of a multi-host run reads only its share; --file_format=tfrecord for
+TFRecord files, read sequentially). Datasets whose files must be
 downloaded by hand (imagenet2012: ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar) are
 checked for those files first, in DIR/downloads/manual or --manual_dir. `folder:/path`
 converts an image folder (kdjax/data/image_folder.py) and prints its classes, counts, channels
@@ -29,6 +31,9 @@ flags.DEFINE_string('manual_dir', None, 'Files downloaded by hand; default DATA_
                     'manual.')
 flags.DEFINE_float('holdout_fraction', 0.1, 'folder: datasets without val/ or test/ folders: '
                    'the share of each class held out (as input.holdout_fraction).')
+flags.DEFINE_enum('file_format', 'array_record', ['array_record', 'tfrecord'],
+                  'How TFDS stores the records: array_record (random access, the fast path for '
+                  'multi-host runs) or tfrecord (sequential reads).')
 FLAGS = flags.FLAGS
 
 # The files a manual-download dataset needs before preparing (the others: a non-empty folder).
@@ -49,11 +54,11 @@ def check_manual_files(builder, name, manual_dir):
                      f'--manual_dir), then run this command again')
 
 
-def prepare_tfds(name, data_dir, manual_dir):
-  """Prepares TFDS dataset `name`; returns its builder."""
+def prepare_tfds(name, data_dir, manual_dir, file_format='array_record'):
+  """Prepares TFDS dataset `name` stored as `file_format`; returns its builder."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from kdjax.data import input_pipeline  # pylint: disable=g-import-not-at-top  (registers uci_digits)
-  builder = input_pipeline.tfds_builder(name, data_dir)
+  builder = input_pipeline.tfds_builder(name, data_dir, file_format=file_format)
   if builder.is_prepared():
     return builder
   where = data_dir or tfds.core.constants.get_default_data_dir()
@@ -71,7 +76,8 @@ def prepare_tfds(name, data_dir, manual_dir):
 
 def describe_tfds(builder) -> str:
   splits = ', '.join(f'{k} {v.num_examples}' for k, v in builder.info.splits.items())
-  return f'{builder.name} prepared in {builder.data_dir}: {splits}'
+  fmt = getattr(builder.info.file_format, "value", builder.info.file_format) or "tfrecord"
+  return f"{builder.name} prepared in {builder.data_dir} as {fmt}: {splits}"
 
 
 def describe_folder(summary) -> str:
@@ -105,7 +111,7 @@ def main(argv):
       _, summary = image_folder.prepare(name, FLAGS.data_dir, FLAGS.holdout_fraction)
       print(describe_folder(summary))
     else:
-      print(describe_tfds(prepare_tfds(name, FLAGS.data_dir, FLAGS.manual_dir)))
+      print(describe_tfds(prepare_tfds(name, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.file_format)))
   except KdjaxError as e:
     cli.fail(str(e))
   sys.stdout.flush()

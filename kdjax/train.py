@@ -240,6 +240,7 @@ def build_data(config) -> Data:
   builder = input_pipeline.get_builder(config)
   unlabeled_builder = input_pipeline.get_unlabeled_builder(config)
   input_pipeline.check_options(config, builder, unlabeled_builder)
+  input_pipeline.warn_about_sequential_reads(config, builder)
   info = input_pipeline.dataset_info(config, builder)
   spe = input_pipeline.steps_per_epoch(config, info)
   total = (config.num_train_steps if config.num_train_steps > 0

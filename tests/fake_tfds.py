@@ -27,8 +27,9 @@ def _random_example(features, rng, index):
   return example
 
 
-def prepare(name, data_dir, *, splits, seed=0):
-  """Prepares `name` (a registered TFDS dataset) in `data_dir` with `splits={split: count}`."""
+def prepare(name, data_dir, *, splits, seed=0, file_format='array_record'):
+  """Prepares `name` (a registered TFDS dataset) in `data_dir` with `splits={split: count}`,
+  stored as `file_format` (ArrayRecord: read by index; tfrecord: read sequentially)."""
   builder = tfds.builder(name, data_dir=data_dir)
   features = builder.info.features
   rng = np.random.default_rng(seed)
@@ -36,5 +37,5 @@ def prepare(name, data_dir, *, splits, seed=0):
                 for split, n in splits.items()}
   tfds.dataset_builders.store_as_tfds_dataset(
       name=name, version=str(builder.info.version), features=features,
-      split_datasets=split_data, data_dir=data_dir)
+      split_datasets=split_data, data_dir=data_dir, file_format=file_format)
   return data_dir

@@ -164,19 +164,21 @@ def write_archives(manual_dir, *, num_synsets=4, train_per_synset=4, num_val=8, 
   return splits
 
 
-def prepare(data_dir, *, num_synsets=4, train_per_synset=4, num_val=8, num_test=0, seed=0):
+def prepare(data_dir, *, num_synsets=4, train_per_synset=4, num_val=8, num_test=0, seed=0,
+            file_format='array_record'):
   """Writes the mini archives to `<data_dir>/downloads/manual/` and prepares them; returns data_dir.
 
   The result is `tfds.builder('imagenet2012', data_dir=data_dir)`, prepared, with splits
   train (`num_synsets * train_per_synset` examples), validation (`num_val`) and, when
-  `num_test > 0`, test (`num_test`, labels -1). An already prepared data_dir is left as it is.
+  `num_test > 0`, test (`num_test`, labels -1), stored as `file_format` (as `python -m
+  kdjax.prepare` does). An already prepared data_dir is left as it is.
   """
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   data_dir = os.fspath(data_dir)
   manual_dir = os.path.join(data_dir, 'downloads', 'manual')
   write_archives(manual_dir, num_synsets=num_synsets, train_per_synset=train_per_synset,
                  num_val=num_val, num_test=num_test, seed=seed)
-  builder = tfds.builder(NAME, data_dir=data_dir)
+  builder = tfds.builder(NAME, data_dir=data_dir, file_format=file_format)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return data_dir

@@ -36,9 +36,15 @@ def _no_network(monkeypatch):
   monkeypatch.setattr(socket.socket, 'connect', refuse)
 
 
-@pytest.fixture(scope='session')
-def digits_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds_digits'))
+@pytest.fixture(scope='module', params=['array_record', 'tfrecord'])
+def digits_dir(request, tmp_path_factory):
+  """The embedded digits as kdjax prepares them (ArrayRecord: the random-access reader), and
+  stored as TFRecord (the sequential reader): every test below runs on both."""
+  data_dir = str(tmp_path_factory.mktemp(f'tfds_digits_{request.param}'))
+  if request.param == 'tfrecord':
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    tfds.builder('uci_digits', data_dir=data_dir, file_format='tfrecord').download_and_prepare()
+  return data_dir
 
 
 def digits_config(data_dir, **input_overrides):
@@ -95,6 +101,10 @@ def test_dataset_info_uci_digits(digits_dir, builder):
 def test_embedded_digits_prepared_in_the_given_data_dir(digits_dir, builder):
   assert builder.is_prepared()
   assert str(builder.data_dir).startswith(digits_dir)
+  # 'auto' reads ArrayRecord by index and TFRecord sequentially.
+  stored = builder.info.file_format.value
+  assert input_pipeline.random_access(digits_config(digits_dir), builder) == (
+      stored == 'array_record')
 
 
 def test_steps_per_epoch_rejects_batch_larger_than_split(digits_dir, builder):

@@ -303,7 +303,8 @@ def convert(layout, target):
     first_id += len(files)
   tfds.dataset_builders.store_as_tfds_dataset(
       name=NAME, version=VERSION, features=features, split_datasets=split_data,
-      data_dir=target, description=f'kdjax conversion of the image folder {layout.root}')
+      data_dir=target, description=f'kdjax conversion of the image folder {layout.root}',
+      file_format='array_record')  # read by index (kdjax/data/input_pipeline.py)
   mean, std = moments.result()
   counts = {split: [sum(1 for _, c in files if c == i) for i in range(len(layout.classes))]
             for split, files in layout.splits.items()}

@@ -1,17 +1,29 @@
-"""TFDS input pipelines: per-process shards, deterministic resumable training order, exact eval.
+"""TFDS input pipelines: per-process reads, deterministic resumable training order, exact eval.
 
-Training: epoch `e` reads the train split with file order and shuffle seeded by (seed, e),
-assigns each example a stateless augmentation seed from (seed, e, position), augments and
-normalises, and batches with `drop_remainder` (every process runs the same number of steps).
-Resuming at step `s` skips the examples already consumed in the current epoch before the
-augmentation (and, for the JPEG ops, before decoding), so a resumed run sees exactly the batches
-an uninterrupted run would.
+Two readers serve the same batches' contract (`input.reader`):
+
+- random access (datasets prepared as ArrayRecord; `auto` picks it for them): epoch `e` visits
+  the split in the order `epoch_order(seed, e, N)`, a pure function of (seed, epoch). Global
+  batch `b` is positions [b G, (b + 1) G) of that order; process `p` of `P` reads only rows
+  [p L, (p + 1) L) of it (G = P L), i.e. 1/P of the records, decodes and augments them in
+  parallel threads. Resuming at any step starts reading at that step's records: nothing already
+  consumed is read again, so resuming costs the same at every step.
+- sequential (TFRecord): epoch `e` reads the split with file order and shuffle buffer seeded by
+  (seed, e); resuming skips the consumed examples (before decoding). With several processes,
+  `input.shard_by='example'` has every process read the whole stream and keep its rows (batches
+  identical to one process, I/O of the whole split on every host) and 'file' gives each process
+  its own files (batches then depend on the process count).
+
+Either way example `i` of an epoch's order gets a stateless augmentation seed from (seed, epoch,
+i), batches use `drop_remainder` (every process runs the same number of steps), and a resumed run
+sees exactly the batches an uninterrupted run would.
 
 Evaluation: every example of the eval split exactly once; the last batch is padded with
 `mask = 0` examples, and every process yields the same number of batches.
 
 Batches are dicts of numpy arrays: `image` float32 [b, H, W, C], `label` int32 [b] (-1 where a
-label is hidden), `id` int32 [b] where the dataset has one, and `mask` float32 [b] in eval.
+label is hidden), `id` int32 [b] where the dataset has one, `index` int32 [b] with
+input.add_index, and `mask` float32 [b] in eval.
 """
 
 import dataclasses
@@ -37,6 +49,9 @@ tf.config.set_visible_devices([], 'GPU')
 
 # Datasets whose data ships with kdjax: prepared on first use, no download involved.
 EMBEDDED_DATASETS = ('uci_digits',)
+# TFDS file formats the random-access reader reads by index (`tfds.data_source`).
+RANDOM_ACCESS_FORMATS = ('array_record',)
+READERS = ('auto', 'random_access', 'sequential')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +72,11 @@ def prepare_hint(name, data_dir) -> str:
   return hint
 
 
-def tfds_builder(name, data_dir, where=''):
-  """`tfds.builder(name)`, or a KdjaxError listing what names work (`where`: the config key)."""
+def tfds_builder(name, data_dir, where='', **kwargs):
+  """`tfds.builder(name, **kwargs)`, or a KdjaxError listing what names work (`where`: the
+  config key)."""
   try:
-    return tfds.builder(name, data_dir=data_dir)
+    return tfds.builder(name, data_dir=data_dir, **kwargs)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise KdjaxError(f"unknown TFDS dataset '{name}'{where}; use a name from "
                      'tfds.list_builders(), uci_digits, or folder:/path/to/images') from e
@@ -181,6 +197,9 @@ def dataset_info(config, builder=None) -> DatasetInfo:
 def check_options(config, builder, unlabeled_builder):
   """Fails at set-up, not at the first batch, on input options that cannot work."""
   inp = config.input
+  if inp.reader not in READERS:
+    raise KdjaxError(f"input.reader must be one of {', '.join(READERS)}, got '{inp.reader}'")
+  random_access(config, builder)  # 'random_access' on a TFRecord dataset: how to prepare it
   if inp.shard_by not in ('example', 'file'):
     raise KdjaxError(f"input.shard_by must be 'example' or 'file', got '{inp.shard_by}'")
   if inp.image_size <= 0:
@@ -239,13 +258,13 @@ def check_options(config, builder, unlabeled_builder):
                        f'fewer than the {n_unlabeled} unlabeled examples per batch')
 
 
-def batch_split(config, batch_size):
+def batch_split(config, batch_size, num_processes=None):
   """(labelled, unlabeled) examples in a batch of `batch_size` (input.unlabeled.fraction).
 
   Split on the global batch, then divided by the process count, so the mix does not depend on
   how many processes there are.
   """
-  num_processes = jax.process_count()
+  num_processes = num_processes or jax.process_count()
   unlabeled = round(config.batch_size * max(config.input.unlabeled.fraction, 0.0))
   if unlabeled % num_processes:
     raise KdjaxError(f'input.unlabeled.fraction gives {unlabeled} unlabeled examples per global '
@@ -284,86 +303,212 @@ def _hide_labels(example, num_labeled):
   return label
 
 
+def process_slot():
+  """(index, count) of this process among the run's processes: whose rows it reads."""
+  return jax.process_index(), jax.process_count()
+
+
+def random_access(config, builder) -> bool:
+  """Whether `builder` is read by index (input.reader; 'auto': when prepared as ArrayRecord)."""
+  reader = config.input.reader
+  stored = str(getattr(builder.info.file_format, 'value', builder.info.file_format) or 'tfrecord')
+  if reader == 'auto':
+    return stored in RANDOM_ACCESS_FORMATS
+  if reader == 'random_access' and stored not in RANDOM_ACCESS_FORMATS:
+    raise KdjaxError(f"input.reader='random_access' but {builder.name} is stored as {stored}; "
+                     f'prepare it as ArrayRecord ({prepare_hint(builder.name, builder.data_dir)})'
+                     " or set input.reader='auto'")
+  return reader == 'random_access'
+
+
+def warn_about_sequential_reads(config, builder):
+  """One line when several processes read a TFRecord dataset: each reads the whole split."""
+  if jax.process_count() > 1 and not random_access(config, builder):
+    whole = config.input.shard_by == 'example'
+    log.warning('%s is stored as TFRecord and read sequentially: %s; prepare it as ArrayRecord '
+                '(python -m kdjax.prepare %s) to have each process read only its 1/%d.',
+                builder.name, 'every process reads the whole split every epoch' if whole
+                else 'each process reads its own files (batches depend on the process count)',
+                builder.name, jax.process_count())
+
+
 def train_batches(config, builder, *, start_step: int, local_batch_size: int,
-                  steps_per_epoch: int, unlabeled_builder=None) -> Iterator[dict]:
+                  steps_per_epoch: int, unlabeled_builder=None, process=None) -> Iterator[dict]:
   """Yields this process's training batches from `start_step` on, forever (epoch after epoch).
 
   With `input.unlabeled.fraction > 0`, that fraction of every batch comes from the unlabeled
   source (labels -1), appended after the labelled examples; both streams are resumable.
+  `process`: (index, count), this process's slot (default `process_slot()`).
   """
   inp = config.input
-  n_labeled, n_unlabeled = batch_split(config, local_batch_size)
+  process = process or process_slot()
+  n_labeled, n_unlabeled = batch_split(config, local_batch_size, process[1])
   labeled = _epochs(config, builder, inp.train_split, start_step=start_step, batch=n_labeled,
                     steps_per_epoch=steps_per_epoch, seed=config.seed,
-                    num_labeled=inp.num_labeled)
+                    num_labeled=inp.num_labeled, process=process)
   if not n_unlabeled:
     yield from labeled
     return
   if unlabeled_builder is None:
     unlabeled_builder = get_unlabeled_builder(config)
   split = inp.unlabeled.split
-  per_process = unlabeled_builder.info.splits[split].num_examples // jax.process_count()
+  per_process = unlabeled_builder.info.splits[split].num_examples // process[1]
   if per_process < n_unlabeled:
     raise KdjaxError(f'input.unlabeled.split {split} has fewer examples ({per_process} per '
                      f'process) than the {n_unlabeled} unlabeled examples per batch')
   unlabeled = _epochs(config, unlabeled_builder, split, start_step=start_step,
                       batch=n_unlabeled, steps_per_epoch=per_process // n_unlabeled,
-                      seed=config.seed + 7919, num_labeled=-1)
+                      seed=config.seed + 7919, num_labeled=-1, process=process)
   for a, b in zip(labeled, unlabeled):
     yield {k: np.concatenate([a[k], b[k]]) for k in a if k in b}
 
 
-def _epochs(config, builder, split_name, *, start_step, batch, steps_per_epoch, seed,
-            num_labeled):
-  """Batches of one source, epoch after epoch; `num_labeled` -1 hides every label."""
-  inp = config.input
-  transform = preprocess.train_transform(inp)
-  num_processes, index = jax.process_count(), jax.process_index()
-  by_example = inp.shard_by == 'example' and num_processes > 1
-  # 'example': every process reads the same globally shuffled stream and keeps its own rows of
-  # each global batch (before decoding), so batches do not depend on the process count.
-  # 'file': every process reads its own files only; faster on large pods, but the batches then
-  # depend on how many processes there are.
-  by_file = inp.shard_by == 'file' and num_processes > 1
-  split = tfds.split_for_jax_process(split_name, drop_remainder=True) if by_file else split_name
-  global_batch = batch * num_processes if by_example else batch
+def _example_fn(config, builder, num_labeled, add_index):
+  """prepare(position, example, epoch_seed, index) -> the batch row of one training example:
+  augmented with the stateless seed (epoch_seed, position), its label hidden as `num_labeled`
+  says, its integer `id` and (add_index) its dataset `index` kept."""
+  transform = preprocess.train_transform(config.input)
   has_id = _has_integer_id(builder)
   if num_labeled > 0 and not has_id:
     raise KdjaxError(f"input.num_labeled needs an integer 'id' feature; {builder.name} has none")
 
-  add_index = inp.add_index and num_labeled >= 0
-  to_index = example_index(builder, split_name) if add_index else None
-
-  def prepare(position, example, epoch_seed):
+  def prepare(position, example, epoch_seed, index):
     seed = tf.stack([epoch_seed, tf.cast(position, tf.int64)])
     out = {'image': transform(example['image'], seed), 'label': _hide_labels(example, num_labeled)}
     if has_id:
       out['id'] = tf.cast(example['id'], tf.int32)
     if add_index:
-      out['index'] = tf.cast(to_index(example['tfds_id']), tf.int32)
+      out['index'] = tf.cast(index, tf.int32)
     return out
+  return prepare
+
+
+def _epoch_seed(seed, epoch):
+  return seed * 1_000_003 + epoch
+
+
+def _epochs(config, builder, split_name, *, start_step, batch, steps_per_epoch, seed,
+            num_labeled, process):
+  """Batches of one source, epoch after epoch; `num_labeled` -1 hides every label."""
+  add_index = config.input.add_index and num_labeled >= 0
+  prepare = _example_fn(config, builder, num_labeled, add_index)
+  read = _random_access_epoch if random_access(config, builder) else _sequential_epoch
+  epoch, skip_batches = divmod(start_step, steps_per_epoch)
+  while True:
+    yield from read(config, builder, split_name, prepare, epoch=epoch, seed=seed, batch=batch,
+                    first_batch=skip_batches, steps_per_epoch=steps_per_epoch, process=process,
+                    add_index=add_index)
+    epoch, skip_batches = epoch + 1, 0
+
+
+def _mix64(x):
+  """splitmix64's finaliser on uint64: a fixed bijective hash (arithmetic modulo 2**64)."""
+  with np.errstate(over='ignore'):
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
+  """The random-access reader's order of a split of `size` examples in `epoch`: a permutation of
+  0..size-1 that is a pure function of (seed, epoch), defined here (a hash, then a stable sort)
+  rather than by a library's generator, so it never changes under a resumed run."""
+  key = _mix64(np.uint64(_epoch_seed(seed, epoch) % 2**64) ^ np.uint64(0x9E3779B97F4A7C15))
+  return np.argsort(_mix64(np.arange(size, dtype=np.uint64) ^ key), kind='stable')
+
+
+def process_positions(*, process, batch, first_batch, num_batches) -> np.ndarray:
+  """Positions in the epoch's order of process `process` = (p, P)'s rows of global batches
+  first_batch .. num_batches - 1: rows [p batch, (p + 1) batch) of each global batch of P batch
+  rows. int64 [num_batches - first_batch, batch]."""
+  index, count = process
+  starts = np.arange(first_batch, num_batches, dtype=np.int64) * batch * count + index * batch
+  return starts[:, None] + np.arange(batch, dtype=np.int64)[None, :]
+
+
+def record_source(builder, split):
+  """Random access to the serialized examples of a split: f(indices int64 [n]) -> bytes [n].
+  TFDS's ArrayRecord data source, returning the records undecoded (TensorFlow parses them)."""
+  source = builder.as_data_source(split=split,
+                                  deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+
+  def read(indices):
+    return np.array(source.__getitems__(indices.tolist()), dtype=object)
+  read.size = len(source)
+  return read
+
+
+def _read_rows(builder, split, decoders, groups):
+  """(position, index, example) for each row of `groups`, a tf.data dataset of (positions,
+  indices) int64 [b] pairs: each group's records read in one call (in parallel host threads),
+  then parsed one by one, in order."""
+  read = record_source(builder, split)
+  features = builder.info.features
+
+  def fetch(positions, indices):
+    records = tf.numpy_function(read, [indices], tf.string, stateful=False)
+    return positions, indices, tf.ensure_shape(records, indices.shape)
+
+  ds = groups.map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+  return ds.map(lambda pos, idx, rec: (pos, idx, features.deserialize_example(rec,
+                                                                              decoders=decoders)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _random_access_epoch(config, builder, split, prepare, *, epoch, seed, batch, first_batch,
+                         steps_per_epoch, process, add_index):
+  """One epoch of this process's batches from `first_batch` on, read by index."""
+  del add_index  # The record's index in the split is the dataset index.
+  size = builder.info.splits[split].num_examples
+  order = epoch_order(seed, epoch, size)
+  positions = process_positions(process=process, batch=batch, first_batch=first_batch,
+                                num_batches=steps_per_epoch)
+  if not positions.size:
+    return
+  epoch_seed = tf.constant(_epoch_seed(seed, epoch), tf.int64)
+  groups = tf.data.Dataset.from_tensor_slices((positions, order[positions]))
+  ds = _read_rows(builder, split, _decoders(config.input.train_augment), groups)
+  ds = ds.map(lambda pos, idx, ex: prepare(pos, ex, epoch_seed, idx),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(batch, drop_remainder=True).prefetch(config.input.prefetch_batches)
+  yield from tfds.as_numpy(ds)
+
+
+def _sequential_epoch(config, builder, split_name, prepare, *, epoch, seed, batch, first_batch,
+                      steps_per_epoch, process, add_index):
+  """One epoch of this process's batches from `first_batch` on, read in (shuffled) file order."""
+  inp = config.input
+  index, num_processes = process
+  # 'example': every process reads the same globally shuffled stream and keeps its own rows of
+  # each global batch (before decoding), so batches do not depend on the process count.
+  # 'file': every process reads its own files only; the batches then depend on the count.
+  by_example = inp.shard_by == 'example' and num_processes > 1
+  by_file = inp.shard_by == 'file' and num_processes > 1
+  split = (tfds.split_for_jax_process(split_name, process_index=index,
+                                      process_count=num_processes, drop_remainder=True)
+           if by_file else split_name)
+  global_batch = batch * num_processes if by_example else batch
+  to_index = example_index(builder, split_name) if add_index else None
 
   def mine(position, example):
     del example
     return (position % global_batch) // batch == index
 
-  epoch, skip_batches = divmod(start_step, steps_per_epoch)
-  while True:
-    epoch_seed = seed * 1_000_003 + epoch
-    read_config = tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16,
-                                  skip_prefetch=True, add_tfds_id=add_index)
-    ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config,
-                            decoders=_decoders(inp.train_augment))
-    ds = ds.shuffle(inp.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
-    ds = ds.enumerate().skip(skip_batches * global_batch)  # position within the epoch
-    if by_example:
-      ds = ds.filter(mine)
-    ds = ds.map(lambda i, ex: prepare(i, ex, tf.constant(epoch_seed, tf.int64)),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch, drop_remainder=True)
-    ds = ds.take(steps_per_epoch - skip_batches).prefetch(inp.prefetch_batches)
-    yield from tfds.as_numpy(ds)
-    epoch, skip_batches = epoch + 1, 0
+  epoch_seed = _epoch_seed(seed, epoch)
+  read_config = tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16,
+                                skip_prefetch=True, add_tfds_id=add_index)
+  ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config,
+                          decoders=_decoders(inp.train_augment))
+  ds = ds.shuffle(inp.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+  ds = ds.enumerate().skip(first_batch * global_batch)  # position within the epoch
+  if by_example:
+    ds = ds.filter(mine)
+  seed_t = tf.constant(epoch_seed, tf.int64)
+  ds = ds.map(lambda i, ex: prepare(i, ex, seed_t, to_index(ex['tfds_id']) if add_index else 0),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(batch, drop_remainder=True)
+  ds = ds.take(steps_per_epoch - first_batch).prefetch(inp.prefetch_batches)
+  yield from tfds.as_numpy(ds)
 
 
 def index_space(builder, split_name) -> int:
@@ -389,19 +534,32 @@ def example_index(builder, split_name):
   return index
 
 
-def eval_batches(config, builder, *, local_batch_size: int) -> Iterator[dict]:
-  """Yields this process's eval batches, the same number on every process, padded and masked."""
+def eval_batches(config, builder, *, local_batch_size: int, process=None) -> Iterator[dict]:
+  """Yields this process's eval batches, the same number on every process, padded and masked.
+
+  Process p of P evaluates a contiguous 1/P of the split (read by index, or TFDS's
+  `split_for_jax_process` for TFRecord datasets); the sums over all processes cover every
+  example once."""
   inp = config.input
+  index, count = process or process_slot()
   transform = preprocess.eval_transform(inp)
+  decoders = _decoders(inp.eval_preprocess)
   total = builder.info.splits[inp.eval_split].num_examples
-  num_batches = math.ceil(math.ceil(total / jax.process_count()) / local_batch_size)
-  split = tfds.split_for_jax_process(inp.eval_split, drop_remainder=False)
-  ds = builder.as_dataset(split=split, shuffle_files=False,
-                          decoders=_decoders(inp.eval_preprocess))
-  ds = ds.map(lambda ex: {'image': transform(ex['image']),
-                          'label': tf.cast(ex['label'], tf.int32),
-                          'mask': tf.constant(1.0, tf.float32)},
-              num_parallel_calls=tf.data.AUTOTUNE)
+  num_batches = math.ceil(math.ceil(total / count) / local_batch_size)
+  if random_access(config, builder):
+    share = math.ceil(total / count)
+    indices = np.arange(index * share, min(total, (index + 1) * share), dtype=np.int64)
+    groups = tf.data.Dataset.from_tensor_slices(indices).batch(local_batch_size)
+    examples = _read_rows(builder, inp.eval_split, decoders, groups.map(lambda i: (i, i)))
+    examples = examples.map(lambda pos, idx, ex: ex)
+  else:
+    split = tfds.split_for_jax_process(inp.eval_split, process_index=index, process_count=count,
+                                       drop_remainder=False)
+    examples = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders)
+  ds = examples.map(lambda ex: {'image': transform(ex['image']),
+                                'label': tf.cast(ex['label'], tf.int32),
+                                'mask': tf.constant(1.0, tf.float32)},
+                    num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(local_batch_size).prefetch(inp.prefetch_batches)
   n = 0
   for batch in tfds.as_numpy(ds):

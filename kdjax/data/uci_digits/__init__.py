@@ -31,8 +31,14 @@ def load_arrays():
 class UciDigits(tfds.core.GeneratorBasedBuilder):
   """UCI optical-recognition handwritten digits (8x8, 10 classes), shipped with kdjax."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Initial release: 1,200 train / 597 test.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Initial release: 1,200 train / 597 test.',
+                   '1.1.0': 'Stored as ArrayRecord (read by index); the same examples.'}
+
+  def __init__(self, *, file_format=None, **kwargs):
+    super().__init__(file_format=file_format, **kwargs)
+    if file_format is None and not self.is_prepared():  # Prepared: as it was stored.
+      self.info.set_file_format('array_record', override=True)
 
   def _info(self):
     return self.dataset_info_from_configs(
