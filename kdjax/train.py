@@ -43,6 +43,7 @@ from kdjax import provenance
 from kdjax import taps as taps_lib
 from kdjax import workdir as workdir_lib
 from kdjax.data import input_pipeline
+from kdjax.data import on_device
 from kdjax.errors import KdjaxError
 from kdjax.errors import Preempted
 
@@ -148,11 +149,11 @@ class Setup:
 # same key: network i (in name order) initialises from fold_in(key(seed), i), the connectors
 # from the 'connectors' stream, and randomness inside the step (MGD's masks, CRD's negatives)
 # from the 'step' stream folded with the step number: a pure function of (seed, step).
-# Connectors get that step key itself (their 'distill' rng); Mixup / CutMix and stochastic depth
-# fold it once more with their own tag (_STEP_TAGS), stochastic depth then with the network's
-# index in name order.
+# Connectors get that step key itself (their 'distill' rng); Mixup / CutMix, stochastic depth
+# and random erasing's noise fold it once more with their own tag (_STEP_TAGS), stochastic
+# depth then with the network's index in name order.
 _STREAM_TAGS = {'connectors': 1 << 20, 'step': 1 << 21}
-_STEP_TAGS = {'mixup': 1 << 22, 'drop_path': 1 << 23}
+_STEP_TAGS = {'mixup': 1 << 22, 'drop_path': 1 << 23, 'erasing': 1 << 24}
 
 
 def rng_stream(seed, name):
@@ -519,12 +520,16 @@ def make_train_step(setup: Setup):
   ema_decay, clip = config.ema.decay, config.optimizer.get('clip_grad_norm', 0.0)
 
   def step(state, teacher_variables, batch):
-    images, labels = batch['image'], batch['label']
+    labels = batch['label']
     # Any process asked to stop (SIGTERM, Ctrl-C): every process learns it from this step.
     stop = jnp.max(batch['stop']) if 'stop' in batch else jnp.zeros((), jnp.int32)
-    side = {k: v for k, v in batch.items() if k not in ('image', 'stop')}  # CRD's index
+    side = {k: v for k, v in batch.items() if k not in ('image', 'stop', 'erase')}  # CRD's index
     epoch = state.step // spe + 1  # 1-based, constant within an epoch (warm-ups)
     step_rng = jax.random.fold_in(rng_stream(seed, 'step'), state.step)
+    # The uint8 images from the host, normalised here; random erasing fills the host's boxes.
+    images = on_device.normalize(batch['image'], config.input.mean, config.input.std)
+    if 'erase' in batch:
+      images = on_device.erase(images, batch['erase'], step_key(step_rng, 'erasing'))
     # Mixup / CutMix before any forward: the teacher sees the images the student sees.
     images, labels, targets = mix_batch(config, setup.data.info.num_classes, images, labels,
                                         step_rng)

@@ -7,6 +7,8 @@ Data: fixed random images, the embedded digits and a small fake cifar100 (no net
 
 import itertools
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,6 +16,7 @@ import tensorflow as tf
 from kdjax import recipes
 from kdjax.data import augment
 from kdjax.data import input_pipeline
+from kdjax.data import on_device
 from kdjax.data import preprocess
 from kdjax.errors import KdjaxError
 
@@ -221,16 +224,24 @@ def test_rand_augment_is_a_pure_function_of_the_seed(rgb):
 
 
 @tf.function
+def _boxes(size, seeds, probability):
+  return tf.map_fn(lambda s: augment.random_erasing_box(size, size, s, probability=probability),
+                   seeds, fn_output_signature=tf.int32)
+
+
 def _erase_many(image, seeds, probability):
-  return tf.map_fn(lambda s: augment.random_erasing(image, s, probability=probability), seeds,
-                   fn_output_signature=tf.float32)
+  """The host's boxes, filled on the device (kdjax/data/on_device.py), for each seed."""
+  size = image.shape[0]
+  boxes = _boxes(size, seeds, probability).numpy()
+  images = jnp.broadcast_to(jnp.asarray(image), (len(boxes),) + tuple(image.shape))
+  return np.asarray(on_device.erase(images, jnp.asarray(boxes), jax.random.key(0)))
 
 
 def test_random_erasing_statistics():
   n, size = 400, 32
-  image = tf.fill([size, size, 3], 5.0)  # far from N(0, 1) noise: erased pixels stand out
+  image = np.full([size, size, 3], 5.0, np.float32)  # far from N(0, 1): erased pixels stand out
   seeds = tf.stack([tf.fill([n], 3), tf.range(n)], axis=1)
-  out = _erase_many(image, seeds, 0.25).numpy()
+  out = _erase_many(image, seeds, 0.25)
   erased = out != 5.0
   per_image = erased.any(axis=(1, 2, 3))
   # Fraction of erased images: 0.25 +- 4 sigma (sigma = 0.022).
@@ -249,8 +260,18 @@ def test_random_erasing_statistics():
   assert abs(np.mean(areas) - (0.02 + 1 / 3) / 2) < 0.04, np.mean(areas)
   noise = out[erased]
   assert abs(noise.mean()) < 0.05 and abs(noise.std() - 1) < 0.05
-  np.testing.assert_array_equal(_erase_many(image, seeds, 0.0).numpy(), 5.0)
-  assert (_erase_many(image, seeds, 1.0).numpy() != 5.0).any(axis=(1, 2, 3)).all()
+  np.testing.assert_array_equal(_erase_many(image, seeds, 0.0), 5.0)
+  assert (_erase_many(image, seeds, 1.0) != 5.0).any(axis=(1, 2, 3)).all()
+
+
+def test_normalisation_on_the_device_matches_the_host_formula():
+  pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(3, -1)
+  mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+  got = np.asarray(on_device.normalize(jnp.asarray(pixels), mean, std))
+  want = preprocess.normalize(tf.constant(pixels, tf.float32), mean, std).numpy()
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+  floats = jnp.ones((1, 2, 2, 3))
+  assert on_device.normalize(floats, mean, std) is floats  # already normalised: unchanged
 
 
 # --- random-resized crop and the bicubic eval op on decoded images ------------------------------
@@ -321,11 +342,12 @@ def test_cifar_at_224_with_deit_augmentation_resumes_exactly(cifar_data_dir):
   assert steps == 6  # 96 // 16
   full = take(config, builder, 0, 8, steps)
   for b in full:
-    assert b['image'].shape == (16, 224, 224, 3) and b['image'].dtype == np.float32
-    assert np.isfinite(b['image']).all()
+    assert b['image'].shape == (16, 224, 224, 3) and b['image'].dtype == np.uint8
+    assert b['erase'].shape == (16, 4)
   resumed = take(config, builder, 5, 3, steps)  # crosses the epoch boundary
   for got, want in zip(resumed, full[5:]):
     np.testing.assert_array_equal(got['image'], want['image'])
+    np.testing.assert_array_equal(got['erase'], want['erase'])
     np.testing.assert_array_equal(got['label'], want['label'])
   evals = list(input_pipeline.eval_batches(config, builder, local_batch_size=8))
   assert [b['image'].shape for b in evals] == [(8, 224, 224, 3)] * 3

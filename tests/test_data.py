@@ -123,7 +123,8 @@ def test_steps_per_epoch_rejects_batch_larger_than_split(digits_dir, builder):
 def test_train_batch_format(reference_run):
   batch = reference_run[0]
   assert set(batch) == {'image', 'label', 'id'}
-  assert batch['image'].shape == (BATCH, 8, 8, 1) and batch['image'].dtype == np.float32
+  # uint8 to the devices (normalised there: kdjax/data/on_device.py).
+  assert batch['image'].shape == (BATCH, 8, 8, 1) and batch['image'].dtype == np.uint8
   assert batch['label'].shape == (BATCH,) and batch['label'].dtype == np.int32
   assert batch['id'].shape == (BATCH,) and batch['id'].dtype == np.int32
 
@@ -193,8 +194,7 @@ def test_labels_and_images_match_the_embedded_data(digits_dir, reference_run, ra
   for batch in reference_run[:2]:
     ids = batch['id']
     np.testing.assert_array_equal(batch['label'], labels[ids])
-    np.testing.assert_allclose(batch['image'], normalized(images[ids], config), rtol=0,
-                               atol=1e-6)
+    np.testing.assert_array_equal(batch['image'], images[ids])
 
 
 # --- augmentation -----------------------------------------------------------------------------
@@ -204,39 +204,41 @@ def test_crop_shifts_images_and_keeps_shape(digits_dir, builder, raw_digits):
   images, _ = raw_digits
   config = digits_config(digits_dir, train_augment='crop', crop_padding=1)
   batch = take(config, builder, 0, 1)[0]
-  assert batch['image'].shape == (BATCH, 8, 8, 1) and batch['image'].dtype == np.float32
-  raw = normalized(images[batch['id']], config)
-  changed = np.any(np.abs(batch['image'] - raw) > 1e-6, axis=(1, 2, 3))
+  assert batch['image'].shape == (BATCH, 8, 8, 1) and batch['image'].dtype == np.uint8
+  changed = np.any(batch['image'] != images[batch['id']], axis=(1, 2, 3))
   assert changed.mean() > 0.5, 'crop with padding 1 should move most images'
   assert not changed.all(), 'the unshifted crop (probability 1/9) should occur in 256 draws'
   # Each image is the zero-padded (pad 1) raw image, cut at an offset in {0, 1, 2}^2.
-  padded = normalized(np.pad(images[batch['id']], ((0, 0), (1, 1), (1, 1), (0, 0))), config)
+  padded = np.pad(images[batch['id']], ((0, 0), (1, 1), (1, 1), (0, 0)))
   for i in range(BATCH):
-    assert any(np.allclose(batch['image'][i], padded[i, dy:dy + 8, dx:dx + 8], atol=1e-6)
+    assert any(np.array_equal(batch['image'][i], padded[i, dy:dy + 8, dx:dx + 8])
                for dy in range(3) for dx in range(3)), f'example {i} is not a 1-pixel shift'
 
 
 def test_randaugment_and_erasing_change_images_from_the_same_crops(digits_dir, builder):
   """The new stages draw from their own seeds: the crop of each example stays the same, and
-  erasing (after normalisation) changes about its probability's share of the examples."""
+  erasing boxes (filled on the device, after normalisation) come with about its probability's
+  share of the examples."""
   base = dict(train_augment='crop_flip', crop_padding=1)
   plain = take(digits_config(digits_dir, **base), builder, 0, 4)
   erased = take(digits_config(digits_dir, **base, random_erasing=0.5), builder, 0, 4)
   ra = take(digits_config(digits_dir, **base, randaugment='rand-m9-mstd0.5-inc1'), builder, 0, 1)
-  changed = np.concatenate([np.any(e['image'] != p['image'], axis=(1, 2, 3))
-                            for e, p in zip(erased, plain)])
+  assert 'erase' not in plain[0]
+  boxes = np.concatenate([e['erase'] for e in erased])
+  assert boxes.shape == (4 * BATCH, 4) and boxes.dtype == np.int32
+  changed = boxes[:, 2] > 0
   assert abs(changed.mean() - 0.5) < 0.07, changed.mean()  # 1,024 examples: 4.5 sigma
   for e, p in zip(erased, plain):
     np.testing.assert_array_equal(e['id'], p['id'])
+    np.testing.assert_array_equal(e['image'], p['image'])
   assert np.any(ra[0]['image'] != plain[0]['image'], axis=(1, 2, 3)).mean() > 0.5
 
 
-def test_no_augmentation_keeps_normalized_pixels(digits_dir, builder, raw_digits):
+def test_no_augmentation_keeps_the_pixels(digits_dir, builder, raw_digits):
   images, _ = raw_digits
   config = digits_config(digits_dir, train_augment='none')
   batch = take(config, builder, 0, 1)[0]
-  np.testing.assert_allclose(batch['image'], normalized(images[batch['id']], config), rtol=0,
-                             atol=1e-6)
+  np.testing.assert_array_equal(batch['image'], images[batch['id']])
 
 
 def test_unknown_augmentation_is_a_kdjax_error(digits_dir, builder):
@@ -380,7 +382,7 @@ def test_fake_cifar100_train_batches(cifar_dir):
   batches = list(itertools.islice(it, steps + 1))  # into the second epoch
   for b in batches:
     assert set(b) == {'image', 'label'}, "cifar100's string id must be ignored"
-    assert b['image'].shape == (8, 32, 32, 3) and b['image'].dtype == np.float32
+    assert b['image'].shape == (8, 32, 32, 3) and b['image'].dtype == np.uint8
     assert b['label'].shape == (8,) and b['label'].dtype == np.int32
     assert np.all((b['label'] >= 0) & (b['label'] < 100))
     assert np.isfinite(b['image']).all()

@@ -61,7 +61,7 @@ def test_flat_folder_holds_out_a_stable_stratified_share(tmp_path):
   assert summary['channels'] == 3 and summary['image_size'] is None  # sizes vary
   assert builder.info.features['label'].names == list(CLASSES)
   assert builder.info.features['image'].shape == (None, None, 3)
-  ids = {s: sorted(int(x['id']) for x in builder.as_dataset(split=s).as_numpy_iterator())
+  ids = {s: sorted(int(x['id']) for x in builder.as_data_source(split=s))
          for s in ('train', 'validation')}
   assert ids['train'] + ids['validation'] == list(range(30))  # unique int ids over splits
   again, summary2 = image_folder.prepare(f'folder:{root}', str(tmp_path / 'dd'), 0.2)

@@ -45,12 +45,13 @@ def run(tmp_path_factory, digits_data_dir):
 
 @pytest.fixture(scope='module')
 def test_split(run):
-  """The raw uint8 held-out images [597, 8, 8, 1] and their labels, read by TFDS."""
+  """The raw uint8 held-out images [597, 8, 8, 1] and their labels, read by TFDS (by index)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  data = tfds.as_numpy(tfds.load('uci_digits', split='test', data_dir=run.data_dir,
-                                 batch_size=-1))
-  assert data['image'].dtype == np.uint8
-  return data['image'], data['label']
+  source = tfds.data_source('uci_digits', split='test', data_dir=run.data_dir, download=False)
+  examples = source.__getitems__(range(len(source)))
+  images = np.stack([ex['image'] for ex in examples])
+  assert images.dtype == np.uint8
+  return images, np.array([ex['label'] for ex in examples])
 
 
 def _correct(fraction, count=597):

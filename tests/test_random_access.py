@@ -145,6 +145,12 @@ def test_eval_splits_between_processes_exactly(digits_data_dir, builder):
                                 np.concatenate([b['label'][b['mask'] > 0] for b in one]))
 
 
+def test_array_record_is_read_by_index_only(digits_data_dir, builder):
+  config = config_for(digits_data_dir, reader='sequential')
+  with pytest.raises(KdjaxError, match="input.reader='auto'"):
+    input_pipeline.check_options(config, builder, None)
+
+
 def test_random_access_needs_an_array_record_dataset(tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.builder('uci_digits', data_dir=str(tmp_path), file_format='tfrecord').download_and_prepare()

@@ -343,15 +343,18 @@ def rand_augment(image, seed, spec: RandAugment, fill):
 # --- random erasing ---------------------------------------------------------------------------
 
 
-def random_erasing(image, seed, *, probability, min_area=0.02, max_area=1 / 3, min_aspect=0.3,
-                   attempts=10):
-  """timm's RandomErasing(probability, mode='pixel', count 1) on a normalised float32 [H, W, C]:
-  with `probability`, try up to `attempts` rectangles of area ~ U(min_area, max_area) * H W and
-  aspect h / w ~ exp(U(log min_aspect, -log min_aspect)), h = round(sqrt(area * aspect)),
-  w = round(sqrt(area / aspect)); the first with h < H and w < W is placed uniformly
-  (top in 0..H - h, left in 0..W - w) and filled with N(0, 1) per pixel and channel."""
-  seeds = tf.random.experimental.stateless_split(seed, 6)
-  height, width = tf.shape(image)[0], tf.shape(image)[1]
+def random_erasing_box(height, width, seed, *, probability, min_area=0.02, max_area=1 / 3,
+                       min_aspect=0.3, attempts=10):
+  """The rectangle timm's RandomErasing(probability, mode='pixel', count 1) erases in an
+  [height, width] image: with `probability`, up to `attempts` tries of area ~ U(min_area,
+  max_area) * H W and aspect h / w ~ exp(U(log min_aspect, -log min_aspect)),
+  h = round(sqrt(area * aspect)), w = round(sqrt(area / aspect)); the first with h < H and
+  w < W is placed uniformly (top in 0..H - h, left in 0..W - w). Every draw comes from `seed`
+  (int [2]). Returns int32 [4] = (top, left, h, w), all 0 when nothing is erased.
+
+  The host draws the box; the device fills it with N(0, 1) noise in normalised units
+  (`kdjax.data.on_device.erase`), so the images can cross to the devices as uint8."""
+  seeds = tf.random.experimental.stateless_split(seed, 5)
   h_f, w_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
   area = tf.random.stateless_uniform([attempts], seeds[0], min_area, max_area) * h_f * w_f
   aspect = tf.exp(tf.random.stateless_uniform([attempts], seeds[1], math.log(min_aspect),
@@ -363,8 +366,5 @@ def random_erasing(image, seed, *, probability, min_area=0.02, max_area=1 / 3, m
   top = tf.floor(tf.random.stateless_uniform([], seeds[2]) * (h_f - h + 1))
   left = tf.floor(tf.random.stateless_uniform([], seeds[3]) * (w_f - w + 1))
   erase = (tf.random.stateless_uniform([], seeds[4]) < probability) & tf.reduce_any(fits)
-  rows = tf.range(h_f)[:, None]
-  cols = tf.range(w_f)[None, :]
-  box = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w) & erase
-  noise = tf.random.stateless_normal(tf.shape(image), seeds[5])
-  return tf.where(box[..., None], noise, image)
+  box = tf.cast(tf.stack([top, left, h, w]), tf.int32)
+  return tf.where(erase, box, tf.zeros_like(box))

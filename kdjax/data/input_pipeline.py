@@ -314,6 +314,9 @@ def random_access(config, builder) -> bool:
   stored = str(getattr(builder.info.file_format, 'value', builder.info.file_format) or 'tfrecord')
   if reader == 'auto':
     return stored in RANDOM_ACCESS_FORMATS
+  if reader == 'sequential' and stored in RANDOM_ACCESS_FORMATS:
+    raise KdjaxError(f"input.reader='sequential' but {builder.name} is stored as {stored}, "
+                     "which is read by index only; set input.reader='auto'")
   if reader == 'random_access' and stored not in RANDOM_ACCESS_FORMATS:
     raise KdjaxError(f"input.reader='random_access' but {builder.name} is stored as {stored}; "
                      f'prepare it as ArrayRecord ({prepare_hint(builder.name, builder.data_dir)})'
@@ -374,7 +377,7 @@ def _example_fn(config, builder, num_labeled, add_index):
 
   def prepare(position, example, epoch_seed, index):
     seed = tf.stack([epoch_seed, tf.cast(position, tf.int64)])
-    out = {'image': transform(example['image'], seed), 'label': _hide_labels(example, num_labeled)}
+    out = {**transform(example['image'], seed), 'label': _hide_labels(example, num_labeled)}
     if has_id:
       out['id'] = tf.cast(example['id'], tf.int32)
     if add_index:

@@ -173,13 +173,20 @@ def eval_transform(inp, *, encoded=True):
   return lambda image: normalize(op(image), mean, std)
 
 
-def train_transform(inp):
-  """f(image, seed) -> normalised float32 [S, S, C] for the input.* keys: the train op
-  (`train_augment`), RandAugment (`randaugment`, on [0, 255] values), normalisation, random
-  erasing (`random_erasing`, on normalised values), in timm's order.
+def to_pixels(image):
+  """float [0, 255] -> uint8, rounded and clipped (what PIL's uint8 result holds)."""
+  return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
-  The new stages draw from seeds folded from the example's seed (fold_in 1 and 2), so the
-  crop op sees the same seed as before and turning them off gives the batches of before.
+
+def train_transform(inp):
+  """f(image, seed) -> {'image': uint8 [S, S, C]} (+ 'erase': int32 [4]) for the input.* keys:
+  the train op (`train_augment`), RandAugment (`randaugment`, on [0, 255] values), in timm's
+  order; the images cross to the devices as uint8 (a quarter of float32's bytes), where the
+  train step normalises them (`mean`, `std`) and fills the random-erasing box (`random_erasing`,
+  drawn here: `augment.random_erasing_box`) with noise in normalised units.
+
+  The later stages draw from seeds folded from the example's seed (fold_in 1 and 2), so the
+  crop op sees the same seed whichever stages are on.
   """
   crop = train_op(inp.train_augment, image_size=inp.image_size, crop_padding=inp.crop_padding)
   spec = augment.parse_randaugment(inp.randaugment) if inp.randaugment else None
@@ -191,9 +198,10 @@ def train_transform(inp):
     if spec is not None:
       image = augment.rand_augment(image, tf.random.experimental.stateless_fold_in(seed, 1),
                                    spec, fill)
-    image = normalize(image, inp.mean, inp.std)
+    out = {'image': to_pixels(image)}
     if erase > 0:
-      image = augment.random_erasing(image, tf.random.experimental.stateless_fold_in(seed, 2),
-                                     probability=erase)
-    return image
+      out['erase'] = augment.random_erasing_box(
+          tf.shape(image)[0], tf.shape(image)[1],
+          tf.random.experimental.stateless_fold_in(seed, 2), probability=erase)
+    return out
   return transform
