@@ -12,6 +12,7 @@ Read top to bottom:
 Everything here is importable from a notebook: `train_and_evaluate(config, workdir)`.
 """
 
+import collections
 import dataclasses
 import functools
 import json
@@ -77,6 +78,20 @@ def global_batch(local_batch: dict, mesh) -> dict:
   """Assembles global arrays from each process's local numpy batch."""
   sharding = batch_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+PREFETCH_DEPTH = 2  # batches on their way to the devices while a step runs
+
+
+def prefetch_to_devices(local_batches, mesh, depth=PREFETCH_DEPTH):
+  """Yields global batches with `depth` more already sent: the transfers (asynchronous) overlap
+  the running steps, so a step never waits for its input to cross to the devices."""
+  queue = collections.deque()
+  for local in local_batches:
+    queue.append(global_batch(local, mesh))
+    if len(queue) > depth:
+      yield queue.popleft()
+  yield from queue
 
 
 # --------------------------------------------------------------------------------------------
@@ -884,26 +899,30 @@ def _train(config, workdir, setup, mesh, lock, created, progress_mode):
                   if config.eval_every_epochs > 0 else total)
     progress = metrics_lib.Progress(total, start_step, mode=progress_mode)
     last_log, timed_steps = time.perf_counter(), 0  # steps run here since the last log line
-    previous, stop = None, False
+    unchecked, stop = collections.deque(), False  # (step, metrics) whose flags are unread
     with StopSignals() as signals:
-      while step < total:
-        local = next(batches)
+
+      def with_stop_flag(local):  # Any process asked to stop: the step tells every process.
         local['stop'] = np.full(local['label'].shape, signals.received is not None, np.int32)
-        state, step_metrics = train_step(state, teacher_variables, global_batch(local, mesh))
+        return local
+      device_batches = prefetch_to_devices(map(with_stop_flag, batches), mesh)
+      while step < total:
+        state, step_metrics = train_step(state, teacher_variables, next(device_batches))
         step += 1
         timed_steps += 1
         progress.step(step)
-        # The previous step's flags, read while this one runs (no stall in the pipeline).
-        if previous is not None:
-          stop = check(*previous) or stop
-        previous = (step, step_metrics)
+        unchecked.append((step, step_metrics))
+        # A step's flags are read PREFETCH_DEPTH steps later, when the device has long finished
+        # it: the host never waits for the device between log lines.
+        if len(unchecked) > PREFETCH_DEPTH:
+          stop = check(*unchecked.popleft()) or stop
         pending.append(step_metrics)
         at_log = step % config.log_every_steps == 0 or step == total
         at_eval = step % eval_every == 0 or step == total
         at_save = step % config.checkpoint_every_steps == 0 or step == total
         if at_log or at_eval or at_save or stop:
-          stop = check(*previous) or stop
-          previous = None
+          while unchecked:
+            stop = check(*unchecked.popleft()) or stop
           pending = [{k: float(v) for k, v in m.items() if k not in ('nonfinite', 'stop')}
                      for m in jax.device_get(pending)]
         if at_log:

@@ -310,7 +310,7 @@ def process_slot():
 
 def random_access(config, builder) -> bool:
   """Whether `builder` is read by index (input.reader; 'auto': when prepared as ArrayRecord)."""
-  reader = config.input.reader
+  reader = config.input.get('reader', 'auto')  # configs saved before the key existed: auto
   stored = str(getattr(builder.info.file_format, 'value', builder.info.file_format) or 'tfrecord')
   if reader == 'auto':
     return stored in RANDOM_ACCESS_FORMATS
