@@ -9,8 +9,11 @@ Prints images/s (global batch over wall time, after compilation) for
   distill_step     the recipe's full train step (teacher + student + every loss term),
   input_pipeline   this process's TFDS input pipeline alone (host side, no device work),
 and `distill_over_sum` = t(distill_step) / (t(student_step) + t(teacher_forward)): 1.0 means the
-distillation step costs exactly a student step plus a teacher forward. The same numbers are
-printed as one JSON line (and written to --json_out).
+distillation step costs exactly a student step plus a teacher forward. It also prints the bytes
+one device holds of the teacher's variables and of the recipe's train state, as placed (sharded
+with --config.teacher.shard=True / --config.student.shard=True) and as a replicated copy would
+be (`*_bytes_per_device`, `*_bytes_replicated`). The same numbers are printed as one JSON line
+(and written to --json_out).
 """
 
 import dataclasses
@@ -49,6 +52,13 @@ def _time(fn, steps):
   return (time.perf_counter() - start) / steps
 
 
+def memory(name, tree) -> dict:
+  """{name}_bytes_per_device (the most any device holds, from the arrays' shardings) and
+  {name}_bytes_replicated (what each device would hold of a replicated copy)."""
+  return {f'{name}_bytes_per_device': train.bytes_per_device(tree),
+          f'{name}_bytes_replicated': train.tree_bytes(tree)}
+
+
 def benchmark(config, steps=20) -> dict:
   """Measures the four throughputs of `config` on this machine's devices."""
   setup = train.build(config)
@@ -74,12 +84,11 @@ def benchmark(config, steps=20) -> dict:
   results['input_pipeline'] = n * local_batch / (time.perf_counter() - start)
   del batches
   batch = train.global_batch(next(pipeline()), mesh)
+  results.update(memory('state', train.abstract_state(setup, mesh)))  # the recipe's own state
 
-  def step_time(s):
+  def step_time(s, teacher=None):
     step = train.compile_train_step(s, mesh)
     state = [train.create_state(s, mesh, config.seed)]
-    teacher = (jax.device_put(s.networks.teacher_variables, train.replicated(mesh))
-               if s.networks.teacher is not None else None)
 
     def one():
       state[0], metrics = step(state[0], teacher, batch)
@@ -97,9 +106,10 @@ def benchmark(config, steps=20) -> dict:
   results['student_step'] = config.batch_size / t_student
   if nets.teacher is not None:
     forward = jax.jit(lambda v, x: train.teacher_forward(nets.teacher, v, x, nets.taps['teacher']))
-    teacher = jax.device_put(nets.teacher_variables, train.replicated(mesh))
+    teacher = train.place_teacher(setup, mesh)
+    results.update(memory('teacher', teacher))
     t_teacher = _time(lambda: forward(teacher, batch['image']), steps)
-    t_full = step_time(setup)
+    t_full = step_time(setup, teacher)
     results['teacher_forward'] = config.batch_size / t_teacher
     results['distill_step'] = config.batch_size / t_full
     results['distill_over_sum'] = t_full / (t_student + t_teacher)
@@ -116,6 +126,10 @@ def format_table(results) -> str:
       lines.append(f'  {name:<28s}{results[key]:>10.1f} images/s')
   if 'distill_over_sum' in results:
     lines.append(f"  distill / (student + teacher) {results['distill_over_sum']:>8.2f}")
+  for key, name in (('teacher', 'teacher variables'), ('state', 'train state')):
+    if f'{key}_bytes_per_device' in results:
+      lines.append(f"  {name:<28s}{results[f'{key}_bytes_per_device'] / 2**20:>10.2f} MiB per "
+                   f"device ({results[f'{key}_bytes_replicated'] / 2**20:.2f} MiB replicated)")
   return '\n'.join(lines)
 
 

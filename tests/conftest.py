@@ -79,20 +79,19 @@ def cifar_pair_config(data_dir, losses, **overrides):
 
 
 class Run:
-  """The shared set-up of trainer tests: the built run, a fresh replicated state, the
-  replicated teacher, the train batches from step 0 and the compiled train step."""
+  """The shared set-up of trainer tests: the built run, a fresh state and the teacher placed
+  over every device (replicated unless the config shards them), the train batches from step 0
+  and the compiled train step."""
 
   def __init__(self, config, seed=0):
-    import jax  # pylint: disable=g-import-not-at-top
     from kdjax import train  # pylint: disable=g-import-not-at-top
     from kdjax.data import input_pipeline  # pylint: disable=g-import-not-at-top
     self.config = config
     self.setup = train.build(config)
     self.mesh = train.make_mesh()
     self.state = train.create_state(self.setup, self.mesh, seed)
-    nets, data = self.setup.networks, self.setup.data
-    self.teacher = (jax.device_put(nets.teacher_variables, train.replicated(self.mesh))
-                    if nets.teacher is not None else None)
+    data = self.setup.data
+    self.teacher = train.place_teacher(self.setup, self.mesh)
     self.batches = input_pipeline.train_batches(
         config, data.builder, start_step=0, local_batch_size=config.batch_size,
         steps_per_epoch=data.steps_per_epoch, unlabeled_builder=data.unlabeled_builder)
