@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import conftest
 from kdjax import checkpoint
@@ -23,10 +24,16 @@ def _records(workdir):
     return [json.loads(line) for line in f]
 
 
-def test_two_processes_train_like_one(tmp_path, digits_data_dir):
+@pytest.mark.parametrize('shard', [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_two_processes_train_like_one(tmp_path, digits_data_dir, shard):
+  """With `shard`, the student is a digits_cnn and the two processes shard the teacher and the
+  train state over their 4 devices (their largest kernels: conv2's 64 output channels), which
+  the replicated single process must match, checkpoints and export included."""
   args = ['--config=configs/digits_kd.py:smoke', f'--config.data_dir={digits_data_dir}',
           '--config.num_train_steps=12', '--config.log_every_steps=4',
           '--config.checkpoint_every_steps=6']
+  if shard:
+    args.append('--config.student.model=digits_cnn')
   env = conftest.cli_env()
   one = tmp_path / 'one'
   env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
@@ -35,6 +42,8 @@ def test_two_processes_train_like_one(tmp_path, digits_data_dir):
   assert proc.returncode == 0, proc.stderr[-3000:]
 
   two = tmp_path / 'two'
+  if shard:
+    args += ['--config.teacher.shard=True', '--config.student.shard=True']
   env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=2'
   port = _free_port()
   procs = [subprocess.Popen([sys.executable, '-m', 'kdjax.main', *args, f'--workdir={two}',
@@ -45,6 +54,8 @@ def test_two_processes_train_like_one(tmp_path, digits_data_dir):
   for p in procs:
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err[-3000:]
+    if shard:
+      assert 'sharded over 4 devices (teacher.shard)' in err, err[-3000:]
 
   a, b = _records(one), _records(two)
   assert [(r['step'], r.get('model')) for r in a] == [(r['step'], r.get('model')) for r in b]
@@ -57,4 +68,7 @@ def test_two_processes_train_like_one(tmp_path, digits_data_dir):
   # A checkpoint saved over 4 devices exports on this 1-device process.
   meta = checkpoint.export_workdir(str(two), str(tmp_path / 'export'))
   variables, _ = checkpoint.load_exported(str(tmp_path / 'export'))
-  assert meta['model'] == 'mlp32' and set(variables) == {'params'}
+  if not shard:
+    assert meta['model'] == 'mlp32' and set(variables) == {'params'}
+  else:
+    assert meta['model'] == 'digits_cnn' and set(variables) == {'params', 'batch_stats'}
