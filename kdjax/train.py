@@ -162,9 +162,13 @@ def describe_placement(tree, shard: bool) -> str:
   stuck = [leaf for leaf in leaves if leaf.sharding.is_fully_replicated
            and math.prod(leaf.shape) >= MIN_SHARDED_SIZE]
   if shard and num_devices > 1 and stuck:
-    text += (f'; {len(stuck)} large ones, {_mib(tree_bytes(stuck))}, stay replicated: no '
+    text += (f'; {_count(len(stuck), "large one")} ({_mib(tree_bytes(stuck))}) replicated: no '
              f'dimension divides by {num_devices}')
   return text + ')'
+
+
+def _count(n, noun, plural=None):
+  return f'{n} {noun}' if n == 1 else f'{n} {plural or noun + "s"}'
 
 
 def _mib(num_bytes):
@@ -217,26 +221,26 @@ def place_teacher(setup, mesh):
     return None
   sharded, why = shard_teacher(setup.config, variables, mesh)
   placed = jax.device_put(variables, variable_shardings(variables, mesh, sharded))
-  log.info('Teacher variables: %s; %s over %d devices (%s).',
+  log.info('Teacher variables: %s; %s over %s (%s).',
            describe_placement(placed, sharded), 'sharded' if sharded else 'replicated',
-           mesh.shape['data'], why)
+           _count(mesh.shape['data'], 'device'), why)
   return placed
 
 
-def state_shardings(setup, mesh):
-  """The TrainState's shardings over `mesh`: every array replicated, or with student.shard
-  the large ones split FSDP-style (`param_sharding`): networks, connectors, batch_stats,
-  optimizer state and EMA alike. From the state's shapes alone (`jax.eval_shape`)."""
-  abstract = jax.eval_shape(functools.partial(init_state, setup, 0), setup.networks.pretrained)
-  return variable_shardings(abstract, mesh, setup.config.student.get('shard', False))
-
-
 def abstract_state(setup, mesh):
-  """The TrainState as ShapeDtypeStructs with their shardings (`state_shardings`): what
-  `bytes_per_device` reads without building the state."""
+  """The TrainState as ShapeDtypeStructs (`jax.eval_shape`: nothing is computed) with their
+  shardings over `mesh`: every array replicated, or with student.shard the large ones split
+  FSDP-style (`param_sharding`): networks, connectors, batch_stats, optimizer state and EMA
+  alike. What `bytes_per_device` reads without building the state."""
   abstract = jax.eval_shape(functools.partial(init_state, setup, 0), setup.networks.pretrained)
+  shardings = variable_shardings(abstract, mesh, setup.config.student.get('shard', False))
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      abstract, state_shardings(setup, mesh))
+                      abstract, shardings)
+
+
+def state_shardings(setup, mesh):
+  """The TrainState's shardings over `mesh` (`abstract_state`)."""
+  return jax.tree.map(lambda x: x.sharding, abstract_state(setup, mesh))
 
 
 # --------------------------------------------------------------------------------------------
@@ -852,10 +856,10 @@ def evaluate_against(eval_step, variables, teacher_logits, batches, mesh) -> dic
 
 
 def describe_teacher_logits(logits: list) -> str:
-  """'10 batches of [64, 10] float32: 0.02 MiB in all, 0.00 MiB per device'."""
+  """'10 batches of [64x10] float32: 0.02 MiB in all, 0.00 MiB per device'."""
   shape = 'x'.join(str(n) for n in logits[0].shape) if logits else '-'
-  return (f'{len(logits)} batches of [{shape}] float32: {_mib(tree_bytes(logits))} in all, '
-          f'{_mib(bytes_per_device(logits))} per device')
+  return (f'{_count(len(logits), "batch", "batches")} of [{shape}] float32: '
+          f'{_mib(tree_bytes(logits))} in all, {_mib(bytes_per_device(logits))} per device')
 
 
 # --------------------------------------------------------------------------------------------
