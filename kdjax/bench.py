@@ -1,16 +1,21 @@
 r"""Throughput benchmark of a recipe: student step, teacher forward, distillation step, input.
 
   python -m kdjax.bench --config=configs/<recipe>.py[:smoke] [--config.<key>=<value>]
-      [--steps=20] [--json_out=FILE]
+      [--steps=20] [--json_out=FILE] [--input_only]
 
 Prints images/s (global batch over wall time, after compilation) for
   student_step     the train step with the CE term only (no teacher),
   teacher_forward  the frozen teacher's inference forward pass with the recipe's taps,
   distill_step     the recipe's full train step (teacher + student + every loss term),
-  input_pipeline   this process's TFDS input pipeline alone (host side, no device work),
+  input_pipeline   this process's TFDS input pipeline alone (host side, no device work; its
+                   reader, random_access or sequential, as `input_reader`; --input_only
+                   measures only this),
 and `distill_over_sum` = t(distill_step) / (t(student_step) + t(teacher_forward)): 1.0 means the
-distillation step costs exactly a student step plus a teacher forward. The same numbers are
-printed as one JSON line (and written to --json_out).
+distillation step costs exactly a student step plus a teacher forward. It also prints the bytes
+one device holds of the teacher's variables and of the recipe's train state, as placed (sharded
+with --config.teacher.shard=True / --config.student.shard=True) and as a replicated copy would
+be (`*_bytes_per_device`, `*_bytes_replicated`). The same numbers are printed as one JSON line
+(and written to --json_out).
 """
 
 import dataclasses
@@ -30,11 +35,13 @@ from kdjax import logs  # noqa: E402
 from kdjax import methods  # noqa: E402
 from kdjax import train  # noqa: E402
 from kdjax.data import input_pipeline  # noqa: E402
+from kdjax.data import on_device  # noqa: E402
 from kdjax.errors import KdjaxError  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Recipe file.', lock_config=True)
 flags.DEFINE_integer('steps', 20, 'Timed iterations per measurement (after 2 warm-up calls).')
 flags.DEFINE_string('json_out', None, 'Also write the results to this JSON file.')
+flags.DEFINE_bool('input_only', False, 'Measure the input pipeline only (no train step).')
 FLAGS = flags.FLAGS
 
 
@@ -49,8 +56,16 @@ def _time(fn, steps):
   return (time.perf_counter() - start) / steps
 
 
-def benchmark(config, steps=20) -> dict:
-  """Measures the four throughputs of `config` on this machine's devices."""
+def memory(name, tree) -> dict:
+  """{name}_bytes_per_device (the most any device holds, from the arrays' shardings) and
+  {name}_bytes_replicated (what each device would hold of a replicated copy)."""
+  return {f'{name}_bytes_per_device': train.bytes_per_device(tree),
+          f'{name}_bytes_replicated': train.tree_bytes(tree)}
+
+
+def benchmark(config, steps=20, input_only=False) -> dict:
+  """Measures the four throughputs of `config` on this machine's devices (`input_only`: the
+  input pipeline alone, without building a step)."""
   setup = train.build(config)
   mesh = train.make_mesh()
   local_batch = config.batch_size // jax.process_count()
@@ -72,14 +87,17 @@ def benchmark(config, steps=20) -> dict:
   for _ in range(n):
     next(batches)
   results['input_pipeline'] = n * local_batch / (time.perf_counter() - start)
+  results['input_reader'] = ('random_access' if input_pipeline.random_access(
+      config, setup.data.builder) else 'sequential')
   del batches
+  if input_only:
+    return results
   batch = train.global_batch(next(pipeline()), mesh)
+  results.update(memory('state', train.abstract_state(setup, mesh)))  # the recipe's own state
 
-  def step_time(s):
+  def step_time(s, teacher=None):
     step = train.compile_train_step(s, mesh)
     state = [train.create_state(s, mesh, config.seed)]
-    teacher = (jax.device_put(s.networks.teacher_variables, train.replicated(mesh))
-               if s.networks.teacher is not None else None)
 
     def one():
       state[0], metrics = step(state[0], teacher, batch)
@@ -97,9 +115,11 @@ def benchmark(config, steps=20) -> dict:
   results['student_step'] = config.batch_size / t_student
   if nets.teacher is not None:
     forward = jax.jit(lambda v, x: train.teacher_forward(nets.teacher, v, x, nets.taps['teacher']))
-    teacher = jax.device_put(nets.teacher_variables, train.replicated(mesh))
-    t_teacher = _time(lambda: forward(teacher, batch['image']), steps)
-    t_full = step_time(setup)
+    teacher = train.place_teacher(setup, mesh)
+    results.update(memory('teacher', teacher))
+    images = on_device.normalize(batch['image'], config.input.mean, config.input.std)
+    t_teacher = _time(lambda: forward(teacher, images), steps)
+    t_full = step_time(setup, teacher)
     results['teacher_forward'] = config.batch_size / t_teacher
     results['distill_step'] = config.batch_size / t_full
     results['distill_over_sum'] = t_full / (t_student + t_teacher)
@@ -114,8 +134,14 @@ def format_table(results) -> str:
   for key, name in rows:
     if key in results:
       lines.append(f'  {name:<28s}{results[key]:>10.1f} images/s')
+  if 'input_reader' in results:
+    lines.append(f"  input reader                {results['input_reader']:>10s}")
   if 'distill_over_sum' in results:
     lines.append(f"  distill / (student + teacher) {results['distill_over_sum']:>8.2f}")
+  for key, name in (('teacher', 'teacher variables'), ('state', 'train state')):
+    if f'{key}_bytes_per_device' in results:
+      lines.append(f"  {name:<28s}{results[f'{key}_bytes_per_device'] / 2**20:>10.2f} MiB per "
+                   f"device ({results[f'{key}_bytes_replicated'] / 2**20:.2f} MiB replicated)")
   return '\n'.join(lines)
 
 
@@ -123,7 +149,7 @@ def main(argv):
   del argv
   logs.setup(logs.verbosity_flag())
   try:
-    results = benchmark(_CONFIG.value, FLAGS.steps)
+    results = benchmark(_CONFIG.value, FLAGS.steps, FLAGS.input_only)
   except KdjaxError as e:
     cli.fail(str(e))
   print(format_table(results))

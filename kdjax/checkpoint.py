@@ -118,11 +118,24 @@ class Manager:
       if not saved['ema']:
         target['ema'] = None
       elif abstract.ema is None:
-        sharding = jax.tree.leaves(abstract)[0].sharding
-        target['ema'] = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), saved['ema'],
-            is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))
+        target['ema'] = self._like_weights(saved['ema'], abstract)
     return target
+
+  @staticmethod
+  def _like_weights(saved_ema, abstract):
+    """Restore targets for a saved EMA this run does not keep: each leaf placed as the weight
+    it averages is (sharded with student.shard), or as the state's first leaf if none is."""
+    fallback = jax.tree.leaves(abstract)[0].sharding
+    weights = traverse_util.flatten_dict(
+        {'params': abstract.params, 'batch_stats': abstract.batch_stats})
+
+    def target(path, m):
+      key = tuple(getattr(p, 'key', p) for p in path)
+      like = weights.get(key)
+      sharding = like.sharding if like is not None and like.shape == m.shape else fallback
+      return jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding)
+    return jax.tree_util.tree_map_with_path(
+        target, saved_ema, is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))
 
   def _set_aside(self, steps):
     """Moves damaged step folders out of the way, so the run can save those steps again."""

@@ -103,9 +103,15 @@ def base_config():
   # (fine-tuning weights trained on other classes; timm's name), so its class count may differ.
   # drop_path_rate: stochastic depth of token models (ViT/DeiT, Swin, ConvNeXt, Mixer/ResMLP;
   # timm's per-block rule), training mode only; 0 = off; > 0 on another model is an error.
+  # shard: False = the train state (student, peer, connectors, batch_stats, optimizer state,
+  # EMA) is replicated on every device; True = its large arrays are split over the devices,
+  # FSDP-style, each along its largest dimension that divides by the device count.
   c.student = ml_collections.ConfigDict(dict(model='', checkpoint='', reset_classifier=False,
-                                             dtype='float32', drop_path_rate=0.0))
-  c.teacher = ml_collections.ConfigDict(dict(model='', checkpoint='', dtype='float32'))
+                                             dtype='float32', drop_path_rate=0.0, shard=False))
+  # shard: the same for the frozen teacher's variables; also done automatically when they
+  # would take more than half of a device's memory (where the backend reports it; not CPU).
+  c.teacher = ml_collections.ConfigDict(dict(model='', checkpoint='', dtype='float32',
+                                             shard=False))
   c.peer = ml_collections.ConfigDict(dict(model='', dtype='float32',  # DML's second network
                                           drop_path_rate=0.0))
   c.on_nonfinite = 'stop'       # a non-finite loss or gradient: 'stop' the run, or 'skip' the step

@@ -1,12 +1,15 @@
 """The trainer: train state, one jit train step sharded over a device mesh, exact eval, the loop.
 
 Read top to bottom:
-  1. Mesh and sharding        one 'data' axis over every device of every process
+  1. Mesh and sharding        one 'data' axis over every device of every process, in process
+                              order; the batch split over it, the variables replicated or
+                              (teacher.shard / student.shard) split FSDP-style
   2. Models and variables     student (trainable), teacher (frozen, loaded, never saved)
   3. Optimizer                optax SGD / AdamW with step or cosine schedules and warm-up
   4. Train step               mixup -> teacher forward -> student forward -> loss terms ->
                               update (clipped) -> EMA
-  5. Eval step                top-1 / top-5 (+ teacher agreement and KL) over masked batches
+  5. Eval step                top-1 / top-5 (+ teacher agreement and KL) over masked batches;
+                              the teacher's eval logits computed once per session, then kept
   6. The loop                 resume, train, log, evaluate, checkpoint
 
 Everything here is importable from a notebook: `train_and_evaluate(config, workdir)`.
@@ -54,16 +57,37 @@ log = logging.getLogger(__name__)  # kdjax.* loggers: shown at INFO (kdjax/logs.
 # 1. Mesh and sharding
 # --------------------------------------------------------------------------------------------
 
+# Arrays with fewer elements stay replicated even when sharding is on: gathering them would
+# cost more latency than the memory they would save (BatchNorm vectors, biases, small kernels).
+MIN_SHARDED_SIZE = 1 << 14
+# teacher.shard=False still shards the teacher when its variables would take more than this
+# share of a device's memory: the rest is the student's, its optimizer's and the activations'.
+TEACHER_AUTO_SHARD_FRACTION = 0.5
+
+
+def process_ordered(devices) -> list:
+  """`devices` sorted by (process_index, id): each process's devices side by side.
+
+  A global batch split over the mesh then gives process p (L rows per process) exactly the
+  contiguous rows [p * L, (p + 1) * L), on one host as on any pod, so the input pipeline's
+  rows and the fixed-size groups of batch-composition losses (DIST, SP, RKD, PKT, CC, AFD)
+  hold the same examples whatever the topology.
+  """
+  return sorted(devices, key=lambda d: (d.process_index, d.id))
+
 
 def make_mesh(devices=None):
-  """A 1-D mesh named 'data' over `devices` (default: every device of every process).
+  """A 1-D mesh named 'data' over `devices` (default: every device of every process), in
+  process order (`process_ordered`).
 
-  Axis type Auto on purpose: the step is pure data parallelism, the batch is the only sharded
-  array, and XLA's propagation inserts the gradient and BatchNorm all-reduces.
+  Built explicitly rather than with jax.make_mesh, whose topology-aware order may interleave
+  processes. Axis type Auto on purpose: the batch is split over 'data' (and, with
+  teacher.shard / student.shard, so are the large arrays of the variables: `param_sharding`),
+  and XLA's propagation inserts the all-gathers, the gradient and BatchNorm reductions.
   """
   devices = jax.devices() if devices is None else list(devices)
-  return jax.make_mesh((len(devices),), ('data',), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=devices)
+  return jax.sharding.Mesh(np.array(process_ordered(devices)), ('data',),
+                           axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(mesh):
@@ -78,6 +102,147 @@ def global_batch(local_batch: dict, mesh) -> dict:
   """Assembles global arrays from each process's local numpy batch."""
   sharding = batch_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def sharded_dimension(shape, num_shards, min_size=None) -> int | None:
+  """The dimension of an array of `shape` to split over `num_shards` devices: the largest one
+  that divides by `num_shards` (the last of equals), or None (replicated) when none does, when
+  there is only one device, or when the array has fewer than `min_size` elements
+  (default MIN_SHARDED_SIZE)."""
+  min_size = MIN_SHARDED_SIZE if min_size is None else min_size
+  if num_shards <= 1 or math.prod(shape) < min_size:
+    return None
+  candidates = [i for i, d in enumerate(shape) if d >= num_shards and d % num_shards == 0]
+  return max(candidates, key=lambda i: (shape[i], i), default=None)
+
+
+def param_sharding(mesh, shape):
+  """FSDP-style placement of one variable: split over 'data' along `sharded_dimension`."""
+  dim = sharded_dimension(tuple(shape), mesh.shape['data'])
+  if dim is None:
+    return replicated(mesh)
+  spec = [None] * len(shape)
+  spec[dim] = 'data'
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+
+
+def variable_shardings(tree, mesh, shard: bool):
+  """A tree of shardings for `tree` (arrays or shapes): `param_sharding` of each leaf when
+  `shard`, else replicated. Depends on shapes only, so optimizer moments and EMA copies land
+  where their parameters do."""
+  if not shard:
+    return jax.tree.map(lambda _: replicated(mesh), tree)
+  return jax.tree.map(lambda x: param_sharding(mesh, np.shape(x)), tree)
+
+
+def tree_bytes(tree) -> int:
+  """Bytes of every array of `tree` (what a replicated copy takes on each device)."""
+  return sum(math.prod(np.shape(x)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def bytes_per_device(tree) -> int:
+  """The bytes of `tree`'s arrays (or ShapeDtypeStructs with a sharding) that one of this
+  process's devices holds: per device, the sizes of its shards summed over the leaves; the
+  largest over the devices."""
+  per_device = {}
+  for leaf in jax.tree.leaves(tree):
+    itemsize = np.dtype(leaf.dtype).itemsize
+    for device, index in leaf.sharding.addressable_devices_indices_map(leaf.shape).items():
+      size = math.prod(len(range(*s.indices(n))) for s, n in zip(index, leaf.shape))
+      per_device[device] = per_device.get(device, 0) + size * itemsize
+  return max(per_device.values(), default=0)
+
+
+def describe_placement(tree, shard: bool) -> str:
+  """'1.20 MiB per device of 9.60 MiB (3 of 40 arrays sharded)'; with `shard` on, also the
+  large arrays that stay replicated because no dimension divides by the device count."""
+  leaves = jax.tree.leaves(tree)
+  sharded = sum(not leaf.sharding.is_fully_replicated for leaf in leaves)
+  text = (f'{_mib(bytes_per_device(tree))} per device of {_mib(tree_bytes(tree))} '
+          f'({sharded} of {len(leaves)} arrays sharded')
+  num_devices = leaves[0].sharding.num_devices if leaves else 1
+  stuck = [leaf for leaf in leaves if leaf.sharding.is_fully_replicated
+           and math.prod(leaf.shape) >= MIN_SHARDED_SIZE]
+  if shard and num_devices > 1 and stuck:
+    text += (f'; {_count(len(stuck), "large one")} ({_mib(tree_bytes(stuck))}) replicated: no '
+             f'dimension divides by {num_devices}')
+  return text + ')'
+
+
+def _count(n, noun, plural=None):
+  return f'{n} {noun}' if n == 1 else f'{n} {plural or noun + "s"}'
+
+
+def _mib(num_bytes):
+  return f'{num_bytes / 2**20:.2f} MiB'
+
+
+def device_memory_limit(mesh) -> int | None:
+  """The smallest memory limit in bytes of this process's devices in `mesh`, or None where
+  the backend reports none (CPU)."""
+  limits = []
+  for device in mesh.local_devices:
+    stats = device.memory_stats() or {}
+    if 'bytes_limit' not in stats:
+      return None
+    limits.append(stats['bytes_limit'])
+  return min(limits, default=None)
+
+
+def shard_teacher(config, teacher_variables, mesh) -> tuple[bool, str]:
+  """(whether the frozen teacher's variables are sharded, why): teacher.shard, or
+  automatically when they would take more than TEACHER_AUTO_SHARD_FRACTION of a device's
+  memory (only where the backend reports a limit: never on CPU)."""
+  if mesh.shape['data'] == 1 or teacher_variables is None:
+    return False, 'one device' if teacher_variables is not None else 'no teacher'
+  if config.teacher.get('shard', False):
+    return True, 'teacher.shard'
+  limit = device_memory_limit(mesh)
+  size = tree_bytes(teacher_variables)
+  if limit is not None and size > TEACHER_AUTO_SHARD_FRACTION * limit:
+    return True, (f'automatically: its {_mib(size)} would take more than '
+                  f'{TEACHER_AUTO_SHARD_FRACTION:.0%} of a device\'s {_mib(limit)}')
+  return False, 'teacher.shard=False'
+
+
+def teacher_shardings(setup, mesh):
+  """The shardings of the teacher's variables over `mesh` (`shard_teacher`); None without a
+  teacher."""
+  variables = setup.networks.teacher_variables
+  if variables is None:
+    return None
+  sharded, _ = shard_teacher(setup.config, variables, mesh)
+  return variable_shardings(variables, mesh, sharded)
+
+
+def place_teacher(setup, mesh):
+  """The frozen teacher's variables on the devices of `mesh`, replicated or sharded
+  (`shard_teacher`); logs where they went and why. None without a teacher."""
+  variables = setup.networks.teacher_variables
+  if variables is None:
+    return None
+  sharded, why = shard_teacher(setup.config, variables, mesh)
+  placed = jax.device_put(variables, variable_shardings(variables, mesh, sharded))
+  log.info('Teacher variables: %s; %s over %s (%s).',
+           describe_placement(placed, sharded), 'sharded' if sharded else 'replicated',
+           _count(mesh.shape['data'], 'device'), why)
+  return placed
+
+
+def abstract_state(setup, mesh):
+  """The TrainState as ShapeDtypeStructs (`jax.eval_shape`: nothing is computed) with their
+  shardings over `mesh`: every array replicated, or with student.shard the large ones split
+  FSDP-style (`param_sharding`): networks, connectors, batch_stats, optimizer state and EMA
+  alike. What `bytes_per_device` reads without building the state."""
+  abstract = jax.eval_shape(functools.partial(init_state, setup, 0), setup.networks.pretrained)
+  shardings = variable_shardings(abstract, mesh, setup.config.student.get('shard', False))
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      abstract, shardings)
+
+
+def state_shardings(setup, mesh):
+  """The TrainState's shardings over `mesh` (`abstract_state`)."""
+  return jax.tree.map(lambda x: x.sharding, abstract_state(setup, mesh))
 
 
 PREFETCH_DEPTH = 2  # batches on their way to the devices while a step runs
@@ -595,16 +760,20 @@ def make_train_step(setup: Setup):
 
 
 def compile_train_step(setup: Setup, mesh):
-  """The train step jitted over `mesh`: replicated state (donated), batch split on 'data'."""
-  rep = replicated(mesh)
+  """The train step jitted over `mesh`: the batch split on 'data'; the state (donated) and the
+  teacher replicated, or sharded with student.shard / teacher.shard (`state_shardings`,
+  `teacher_shardings`), where XLA gathers each sharded array where the step reads it."""
+  rep, state = replicated(mesh), state_shardings(setup, mesh)
+  teacher = teacher_shardings(setup, mesh) or rep
   return jax.jit(make_train_step(setup), donate_argnums=0,
-                 in_shardings=(rep, rep, batch_sharded(mesh)), out_shardings=(rep, rep))
+                 in_shardings=(state, teacher, batch_sharded(mesh)), out_shardings=(state, rep))
 
 
 def create_state(setup: Setup, mesh, seed):
-  """A fresh TrainState, replicated over `mesh` (pretrained weights passed as arguments, not
-  baked into the program as constants)."""
-  init = jax.jit(functools.partial(init_state, setup, seed), out_shardings=replicated(mesh))
+  """A fresh TrainState over `mesh`, replicated or sharded (`state_shardings`); pretrained
+  weights are passed as arguments, not baked into the program as constants."""
+  init = jax.jit(functools.partial(init_state, setup, seed),
+                 out_shardings=state_shardings(setup, mesh))
   return init(setup.networks.pretrained)
 
 
@@ -630,7 +799,9 @@ def eval_metrics(logits, batch, teacher_logits=None):
 
 
 def make_eval_step(model, teacher=None):
-  """Returns step(variables, teacher_variables, batch) -> masked sums."""
+  """Returns step(variables, teacher_variables, batch) -> masked sums, running the teacher's
+  forward in the same step (a one-off evaluation: `python -m kdjax.evaluate`). The trainer,
+  which evaluates many times, keeps the teacher's logits instead (`make_teacher_eval_step`)."""
   def step(variables, teacher_variables, batch):
     logits = model.apply(variables, batch['image'], train=False).astype(jnp.float32)
     t_logits = None
@@ -641,15 +812,75 @@ def make_eval_step(model, teacher=None):
   return step
 
 
+def make_teacher_eval_step(teacher):
+  """Returns step(teacher_variables, batch) -> (masked sums, float32 logits): the teacher's own
+  metrics, and its logits for the student evals that compare against them."""
+  def step(teacher_variables, batch):
+    logits = teacher.apply(teacher_variables, batch['image'], train=False).astype(jnp.float32)
+    return eval_metrics(logits, batch), logits
+  return step
+
+
+def make_student_eval_step(model):
+  """Returns step(variables, teacher_logits, batch) -> masked sums; agreement and KL against
+  `teacher_logits` (the teacher's logits of this batch) unless it is None."""
+  def step(variables, teacher_logits, batch):
+    logits = model.apply(variables, batch['image'], train=False).astype(jnp.float32)
+    return eval_metrics(logits, batch, teacher_logits)
+  return step
+
+
+def _add(sums, out):
+  return out if sums is None else jax.tree.map(jnp.add, sums, out)
+
+
+def _means(sums) -> dict:
+  """Masked sums over the eval split -> fractions (top1, top5, agreement) and mean KL."""
+  sums = jax.device_get(sums)
+  count = max(float(sums.pop('count')), 1.0)
+  return {k: float(v) / count for k, v in sums.items()}
+
+
 def evaluate(eval_step, variables, teacher_variables, batches, mesh) -> dict:
   """Runs the whole eval split; returns fractions (top1, top5, agreement) and mean KL."""
   sums = None
   for local in batches:
-    out = eval_step(variables, teacher_variables, global_batch(local, mesh))
-    sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-  sums = jax.device_get(sums)
-  count = max(float(sums.pop('count')), 1.0)
-  return {k: float(v) / count for k, v in sums.items()}
+    sums = _add(sums, eval_step(variables, teacher_variables, global_batch(local, mesh)))
+  return _means(sums)
+
+
+def evaluate_teacher(teacher_step, teacher_variables, batches, mesh) -> tuple[dict, list]:
+  """The teacher over the whole eval split: (its metrics, its logits of every batch), the
+  logits left on the devices, one float32 global array per batch split over 'data' as the
+  batches are, for `evaluate_against` (`teacher_step`: `make_teacher_eval_step`, jitted)."""
+  sums, logits = None, []
+  for local in batches:
+    out, batch_logits = teacher_step(teacher_variables, global_batch(local, mesh))
+    sums = _add(sums, out)
+    logits.append(batch_logits)
+  return _means(sums), logits
+
+
+def evaluate_against(eval_step, variables, teacher_logits, batches, mesh) -> dict:
+  """Runs the whole eval split through `eval_step` (`make_student_eval_step`, jitted), with
+  agreement and KL against `teacher_logits` (`evaluate_teacher`'s, one array per batch of the
+  same split in the same order), or without them when it is None."""
+  sums, num_batches = None, 0
+  for i, local in enumerate(batches):
+    logits = None if teacher_logits is None else teacher_logits[i]
+    sums = _add(sums, eval_step(variables, logits, global_batch(local, mesh)))
+    num_batches = i + 1
+  if teacher_logits is not None and num_batches != len(teacher_logits):
+    raise ValueError(f'the eval split gave {num_batches} batches, the teacher\'s kept logits '
+                     f'{len(teacher_logits)}')
+  return _means(sums)
+
+
+def describe_teacher_logits(logits: list) -> str:
+  """'10 batches of [64x10] float32: 0.02 MiB in all, 0.00 MiB per device'."""
+  shape = 'x'.join(str(n) for n in logits[0].shape) if logits else '-'
+  return (f'{_count(len(logits), "batch", "batches")} of [{shape}] float32: '
+          f'{_mib(tree_bytes(logits))} in all, {_mib(bytes_per_device(logits))} per device')
 
 
 # --------------------------------------------------------------------------------------------
@@ -824,26 +1055,40 @@ def _train(config, workdir, setup, mesh, lock, created, progress_mode):
   log.info('Parameters: %s', describe_parameters(state, setup))
   # Train metrics of the steps since the last log line, kept by a checkpoint saved in between.
   pending = [] if not start_step else list(metadata.get('pending_metrics', []))
-  teacher_variables = (jax.device_put(setup.networks.teacher_variables, rep)
-                       if setup.networks.teacher_variables is not None else None)
+  log.info('Train state: %s.', describe_placement(state, config.student.get('shard', False)))
+  teacher_variables = place_teacher(setup, mesh)
   if start_step:
     log.info('Resumed from the checkpoint at step %d in %s.', start_step, workdir)
 
   writer = metrics_lib.Writer(workdir, resume_step=start_step)
   train_step = compile_train_step(setup, mesh)
-  eval_steps = {name: jax.jit(make_eval_step(model, setup.networks.teacher), out_shardings=rep)
+  eval_steps = {name: jax.jit(make_student_eval_step(model), out_shardings=rep)
                 for name, model in setup.networks.trainable.items()}
+  # The teacher's eval logits: computed at this session's first eval, then kept on the devices.
+  teacher_logits = None
+
+  def teacher_eval(batches):
+    """The teacher's metrics over the eval split; keeps its logits for the student evals."""
+    nonlocal teacher_logits
+    step = jax.jit(make_teacher_eval_step(setup.networks.teacher),
+                   out_shardings=(rep, batch_sharded(mesh)))
+    result, teacher_logits = evaluate_teacher(step, teacher_variables, batches, mesh)
+    log.info("Kept the teacher's eval logits for this session's evals: %s.",
+             describe_teacher_logits(teacher_logits))
+    return result
 
   def run_eval(step, model_name, write=True):
     """Evaluates one network (or its EMA) on the whole eval split and writes the eval line."""
-    batches = input_pipeline.eval_batches(config, setup.data.builder,
-                                          local_batch_size=eval_local_batch)
+    batches = lambda: input_pipeline.eval_batches(config, setup.data.builder,
+                                                  local_batch_size=eval_local_batch)
     if model_name == 'teacher':
-      result = evaluate(jax.jit(make_eval_step(setup.networks.teacher), out_shardings=rep),
-                        teacher_variables, None, batches, mesh)
+      result = teacher_eval(batches())
     else:
-      result = evaluate(eval_steps[model_name.removesuffix('_ema')],
-                        network_variables(state, model_name), teacher_variables, batches, mesh)
+      if setup.networks.teacher is not None and teacher_logits is None:
+        teacher_eval(batches())  # The first eval after a resume: no teacher line is written.
+      result = evaluate_against(eval_steps[model_name.removesuffix('_ema')],
+                                network_variables(state, model_name), teacher_logits,
+                                batches(), mesh)
     if write:
       writer.write_eval(step, config.input.eval_split, model_name, result)
     return result

@@ -32,6 +32,7 @@ HARMLESS_KEYS = frozenset({
     'eval_batch_size', 'data_dir', 'input.prefetch_batches', 'input.unlabeled.data_dir',
     'teacher.checkpoint', 'student.checkpoint', 'student.reset_classifier',
     'allow_config_change', 'on_nonfinite',
+    'teacher.shard', 'student.shard',  # where arrays live, not what they hold
 })
 # The run's length: harmless unless the learning-rate schedule depends on it (cosine).
 LENGTH_KEYS = frozenset({'num_epochs', 'num_train_steps'})

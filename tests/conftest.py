@@ -79,28 +79,32 @@ def cifar_pair_config(data_dir, losses, **overrides):
 
 
 class Run:
-  """The shared set-up of trainer tests: the built run, a fresh replicated state, the
-  replicated teacher, the train batches from step 0 and the compiled train step."""
+  """The shared set-up of trainer tests: the built run, a fresh state and the teacher placed
+  over every device (replicated unless the config shards them), the train batches from step 0
+  and the compiled train step."""
 
   def __init__(self, config, seed=0):
-    import jax  # pylint: disable=g-import-not-at-top
     from kdjax import train  # pylint: disable=g-import-not-at-top
     from kdjax.data import input_pipeline  # pylint: disable=g-import-not-at-top
     self.config = config
     self.setup = train.build(config)
     self.mesh = train.make_mesh()
     self.state = train.create_state(self.setup, self.mesh, seed)
-    nets, data = self.setup.networks, self.setup.data
-    self.teacher = (jax.device_put(nets.teacher_variables, train.replicated(self.mesh))
-                    if nets.teacher is not None else None)
+    data = self.setup.data
+    self.teacher = train.place_teacher(self.setup, self.mesh)
     self.batches = input_pipeline.train_batches(
         config, data.builder, start_step=0, local_batch_size=config.batch_size,
         steps_per_epoch=data.steps_per_epoch, unlabeled_builder=data.unlabeled_builder)
     self._step = None
 
   def global_batch(self, local_batch):
+    """`local_batch` on the mesh, its uint8 images normalised as the train step does (the step
+    leaves float images as they are), so tests can also feed the networks directly."""
     from kdjax import train  # pylint: disable=g-import-not-at-top
-    return train.global_batch(local_batch, self.mesh)
+    from kdjax.data import on_device  # pylint: disable=g-import-not-at-top
+    batch = train.global_batch(local_batch, self.mesh)
+    inp = self.setup.config.input
+    return {**batch, 'image': on_device.normalize(batch['image'], inp.mean, inp.std)}
 
   def step(self, local_batch=None):
     """One compiled train step on `local_batch` (default: the next batch); returns metrics."""

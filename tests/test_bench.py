@@ -1,4 +1,5 @@
-"""The benchmark measures all four throughputs and their ratio (numbers are not asserted)."""
+"""The benchmark measures all four throughputs and their ratio (numbers are not asserted), and
+the bytes one device holds of the teacher and of the train state."""
 
 import math
 
@@ -14,5 +15,8 @@ def test_benchmark_reports_every_throughput(digits_data_dir):
   for key in ('student_step', 'teacher_forward', 'distill_step', 'input_pipeline',
               'distill_over_sum'):
     assert results[key] > 0 and math.isfinite(results[key]), key
+  for name in ('teacher', 'state'):  # One device: what it holds is the replicated copy.
+    assert results[f'{name}_bytes_per_device'] == results[f'{name}_bytes_replicated'] > 0, name
   table = bench.format_table(results)
   assert 'distillation step' in table and 'images/s' in table
+  assert 'teacher variables' in table and 'MiB per device' in table

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 import conftest
 from kdjax import checkpoint
@@ -46,18 +47,28 @@ def _run_two(args, workdir, env):
   return errs
 
 
-def test_two_processes_train_like_one(tmp_path, digits_data_dir):
+@pytest.mark.parametrize('shard', [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_two_processes_train_like_one(tmp_path, digits_data_dir, shard):
   """The embedded digits are ArrayRecord: each process reads its half of every global batch.
   The two-process run stops at step 11 (mid-epoch: 18 steps of 64 per epoch) and resumes to 24;
-  every step's losses equal the one-process run's."""
+  every step's losses equal the one-process run's. With `shard`, the student is a digits_cnn
+  and the two processes shard the teacher and the train state over their 4 devices (their
+  largest kernels: conv2's 64 output channels), which the replicated single process must match,
+  checkpoints and export included."""
   args = ['--config=configs/digits_kd.py:smoke', f'--config.data_dir={digits_data_dir}',
           '--config.log_every_steps=1', '--config.checkpoint_every_steps=6']
+  if shard:
+    args.append('--config.student.model=digits_cnn')
   env = conftest.cli_env()
   one, two = tmp_path / 'one', tmp_path / 'two'
   _run_one([*args, '--config.num_train_steps=24'], one, env)
+  if shard:
+    args += ['--config.teacher.shard=True', '--config.student.shard=True']
   _run_two([*args, '--config.num_train_steps=11'], two, env)
   errs = _run_two([*args, '--config.num_train_steps=24'], two, env)
   assert any('Resumed from the checkpoint at step 11' in e for e in errs), errs[0][-2000:]
+  if shard:
+    assert all('sharded over 4 devices (teacher.shard)' in e for e in errs), errs[0][-3000:]
 
   train_lines = lambda records: [r for r in records if 'loss' in r]
   a, b = train_lines(_records(one)), train_lines(_records(two))
@@ -74,4 +85,7 @@ def test_two_processes_train_like_one(tmp_path, digits_data_dir):
   # A checkpoint saved over 4 devices exports on this 1-device process.
   meta = checkpoint.export_workdir(str(two), str(tmp_path / 'export'))
   variables, _ = checkpoint.load_exported(str(tmp_path / 'export'))
-  assert meta['model'] == 'mlp32' and set(variables) == {'params'}
+  if not shard:
+    assert meta['model'] == 'mlp32' and set(variables) == {'params'}
+  else:
+    assert meta['model'] == 'digits_cnn' and set(variables) == {'params', 'batch_stats'}
