@@ -68,12 +68,43 @@ def test_dkd_r34_r18_smoke_on_a_miniature_imagenet(tmp_path, imagenet_data_dir):
   assert {'loss/ce', 'loss/dkd'} <= set(records[-2])
 
 
+# The ImageNet recipes whose :smoke run goes through the CLI (compiled, trained, evaluated):
+# one of each kind of objective and pair. Compiling two ResNets costs 60-120 s per recipe on 2
+# cores, so the others are traced instead (test_imagenet_recipe_traces): their set-up (data,
+# models, taps, teacher, connectors) runs for real, and the train step is evaluated abstractly.
+CLI_SMOKED = ('reviewkd_r34_r18', 'crd_r34_r18', 'dml_r18_r18', 'ssld_r34_r18', 'kd_r50_mv1',
+              'train_r34')
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('name', [r for r in IMAGENET if r != 'dkd_r34_r18'])
+@pytest.mark.parametrize('name', CLI_SMOKED)
 def test_imagenet_recipe_smoke(tmp_path, imagenet_data_dir, name):
   records, _ = _cli_smoke(name, tmp_path, imagenet_data_dir)
   models = {r['model'] for r in records if 'split' in r}
   assert models >= ({'student', 'peer'} if name.startswith(('dml', 'udml')) else {'student'})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', [r for r in IMAGENET
+                                  if r not in CLI_SMOKED and r != 'dkd_r34_r18'])
+def test_imagenet_recipe_traces(imagenet_data_dir, name):
+  """Set-up for real, then one train step and the eval step traced (`jax.eval_shape`): every
+  term gets its taps and connectors, and the step returns a finite-shaped scalar loss per term."""
+  config, _ = conftest.load_recipe(name, 'smoke')
+  with config.unlocked():
+    config.data_dir = imagenet_data_dir
+  setup = train.build(config)
+  batch = next(input_pipeline.train_batches(config, setup.data.builder, start_step=0,
+                                            local_batch_size=config.batch_size,
+                                            steps_per_epoch=setup.data.steps_per_epoch,
+                                            unlabeled_builder=setup.data.unlabeled_builder))
+  state = jax.eval_shape(lambda p: train.init_state(setup, config.seed, p),
+                         setup.networks.pretrained)
+  new_state, metrics = jax.eval_shape(train.make_train_step(setup), state,
+                                      setup.networks.teacher_variables, batch)
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  terms = {t.name for t in setup.objective.terms}
+  assert {f'loss/{t}' for t in terms} <= set(metrics) and metrics['loss'].shape == ()
 
 
 @pytest.mark.slow
