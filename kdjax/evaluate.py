@@ -106,19 +106,20 @@ def evaluate(checkpoint, *, dataset=None, split=None, data_dir=None, batch_size=
   builder = input_pipeline.get_eval_builder(config, data_dir_flag='--data_dir')
   _check_data(student, builder, config, '--checkpoint')
   mesh = train.make_mesh(jax.local_devices()[:1])  # One device: any batch size works.
+  pixels = (tuple(config.input.mean), tuple(config.input.std))
   batches = lambda: input_pipeline.eval_batches(config, builder, local_batch_size=batch_size)
   result = {'model': student.model_name, 'step': student.metadata.get('step'),
             'dataset': dataset, 'split': split,
             'count': builder.info.splits[split].num_examples}
   if teacher is None:
-    step = jax.jit(train.make_eval_step(student.model))
+    step = jax.jit(train.make_eval_step(student.model, pixels=pixels))
     metrics = train.evaluate(step, student.variables, None, batches(), mesh)
     return {**result, 'top1': metrics['top1'], 'top5': metrics['top5']}
   teacher = inference.load(teacher, batch_size=batch_size)
   _check_teacher(student, teacher)
-  step = jax.jit(train.make_eval_step(student.model, teacher.model))
+  step = jax.jit(train.make_eval_step(student.model, teacher.model, pixels=pixels))
   metrics = train.evaluate(step, student.variables, teacher.variables, batches(), mesh)
-  teacher_step = jax.jit(train.make_eval_step(teacher.model))
+  teacher_step = jax.jit(train.make_eval_step(teacher.model, pixels=pixels))
   teacher_metrics = train.evaluate(teacher_step, teacher.variables, None, batches(), mesh)
   return {**result, 'top1': metrics['top1'], 'top5': metrics['top5'],
           'teacher_model': teacher.model_name, 'teacher_top1': teacher_metrics['top1'],

@@ -798,34 +798,45 @@ def eval_metrics(logits, batch, teacher_logits=None):
   return out
 
 
-def make_eval_step(model, teacher=None):
+def eval_images(batch, pixels):
+  """The batch's images normalised on the device: uint8 from the eval pipeline, normalised with
+  `pixels` = (mean, std) (config.input's); float images are taken as normalised already."""
+  if batch['image'].dtype == jnp.uint8 and pixels is None:
+    raise ValueError('uint8 eval images need pixels=(mean, std) to be normalised')
+  return on_device.normalize(batch['image'], *pixels) if pixels else batch['image']
+
+
+def make_eval_step(model, teacher=None, *, pixels=None):
   """Returns step(variables, teacher_variables, batch) -> masked sums, running the teacher's
   forward in the same step (a one-off evaluation: `python -m kdjax.evaluate`). The trainer,
-  which evaluates many times, keeps the teacher's logits instead (`make_teacher_eval_step`)."""
+  which evaluates many times, keeps the teacher's logits instead (`make_teacher_eval_step`).
+  `pixels`: (mean, std) of the uint8 images (`eval_images`)."""
   def step(variables, teacher_variables, batch):
-    logits = model.apply(variables, batch['image'], train=False).astype(jnp.float32)
+    images = eval_images(batch, pixels)
+    logits = model.apply(variables, images, train=False).astype(jnp.float32)
     t_logits = None
     if teacher is not None:
-      t_logits = teacher.apply(teacher_variables, batch['image'], train=False)
+      t_logits = teacher.apply(teacher_variables, images, train=False)
       t_logits = t_logits.astype(jnp.float32)
     return eval_metrics(logits, batch, t_logits)
   return step
 
 
-def make_teacher_eval_step(teacher):
+def make_teacher_eval_step(teacher, *, pixels=None):
   """Returns step(teacher_variables, batch) -> (masked sums, float32 logits): the teacher's own
   metrics, and its logits for the student evals that compare against them."""
   def step(teacher_variables, batch):
-    logits = teacher.apply(teacher_variables, batch['image'], train=False).astype(jnp.float32)
+    logits = teacher.apply(teacher_variables, eval_images(batch, pixels), train=False)
+    logits = logits.astype(jnp.float32)
     return eval_metrics(logits, batch), logits
   return step
 
 
-def make_student_eval_step(model):
+def make_student_eval_step(model, *, pixels=None):
   """Returns step(variables, teacher_logits, batch) -> masked sums; agreement and KL against
   `teacher_logits` (the teacher's logits of this batch) unless it is None."""
   def step(variables, teacher_logits, batch):
-    logits = model.apply(variables, batch['image'], train=False).astype(jnp.float32)
+    logits = model.apply(variables, eval_images(batch, pixels), train=False).astype(jnp.float32)
     return eval_metrics(logits, batch, teacher_logits)
   return step
 
@@ -1062,7 +1073,8 @@ def _train(config, workdir, setup, mesh, lock, created, progress_mode):
 
   writer = metrics_lib.Writer(workdir, resume_step=start_step)
   train_step = compile_train_step(setup, mesh)
-  eval_steps = {name: jax.jit(make_student_eval_step(model), out_shardings=rep)
+  pixels = (tuple(config.input.mean), tuple(config.input.std))
+  eval_steps = {name: jax.jit(make_student_eval_step(model, pixels=pixels), out_shardings=rep)
                 for name, model in setup.networks.trainable.items()}
   # The teacher's eval logits: computed at this session's first eval, then kept on the devices.
   teacher_logits = None
@@ -1070,7 +1082,7 @@ def _train(config, workdir, setup, mesh, lock, created, progress_mode):
   def teacher_eval(batches):
     """The teacher's metrics over the eval split; keeps its logits for the student evals."""
     nonlocal teacher_logits
-    step = jax.jit(make_teacher_eval_step(setup.networks.teacher),
+    step = jax.jit(make_teacher_eval_step(setup.networks.teacher, pixels=pixels),
                    out_shardings=(rep, batch_sharded(mesh)))
     result, teacher_logits = evaluate_teacher(step, teacher_variables, batches, mesh)
     log.info("Kept the teacher's eval logits for this session's evals: %s.",

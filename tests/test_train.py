@@ -160,6 +160,11 @@ def test_warmup_factor_is_per_one_based_epoch():
   assert plain.factor(1) == 1.0 and plain.hparams == {'temperature': 4.0}
 
 
+def _pixels(config):
+  """(mean, std) that normalise the eval pipeline's uint8 images on the device."""
+  return tuple(config.input.mean), tuple(config.input.std)
+
+
 def _digits_config(data_dir, arg=''):
   config = load_recipe(arg)
   with config.unlocked():
@@ -175,7 +180,8 @@ def test_shipped_teacher_is_exact_on_the_whole_eval_split(digits_data_dir):
   mesh = train.make_mesh()
   from kdjax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   batches = input_pipeline.eval_batches(config, setup.data.builder, local_batch_size=64)
-  result = train.evaluate(jax.jit(train.make_eval_step(setup.networks.teacher)),
+  result = train.evaluate(jax.jit(train.make_eval_step(setup.networks.teacher,
+                                                  pixels=_pixels(config))),
                           setup.networks.teacher_variables, None, batches, mesh)
   assert round(result['top1'] * 597) == pytest.approx(result['top1'] * 597, abs=1e-6)
   assert result['top1'] > 0.97  # the README's figure for the shipped teacher: 98.0%
@@ -194,15 +200,17 @@ def test_student_eval_against_the_kept_teacher_logits_equals_the_fused_eval(digi
   variables = train.network_variables(run.state, 'student')
   batches = lambda: input_pipeline.eval_batches(config, run.setup.data.builder,
                                                 local_batch_size=64)
-  fused = train.evaluate(jax.jit(train.make_eval_step(nets.student, nets.teacher)), variables,
+  fused = train.evaluate(jax.jit(train.make_eval_step(nets.student, nets.teacher,
+                                                            pixels=_pixels(config))), variables,
                          run.teacher, batches(), mesh)
-  teacher_step = jax.jit(train.make_teacher_eval_step(nets.teacher),
+  teacher_step = jax.jit(train.make_teacher_eval_step(nets.teacher, pixels=_pixels(config)),
                          out_shardings=(train.replicated(mesh), train.batch_sharded(mesh)))
   teacher, logits = train.evaluate_teacher(teacher_step, run.teacher, batches(), mesh)
   assert len(logits) == 10 and teacher['top1'] > 0.97
   assert all(x.shape == (64, 10) and x.dtype == jnp.float32 for x in logits)
   assert logits[0].sharding.is_equivalent_to(train.batch_sharded(mesh), 2)
-  kept = train.evaluate_against(jax.jit(train.make_student_eval_step(nets.student)), variables,
+  student_step = train.make_student_eval_step(nets.student, pixels=_pixels(config))
+  kept = train.evaluate_against(jax.jit(student_step), variables,
                                 logits, batches(), mesh)
   assert kept.keys() == fused.keys() == {'top1', 'top5', 'agreement', 'kl_teacher_student'}
   for key in fused:

@@ -545,7 +545,7 @@ def eval_batches(config, builder, *, local_batch_size: int, process=None) -> Ite
   example once."""
   inp = config.input
   index, count = process or process_slot()
-  transform = preprocess.eval_transform(inp)
+  transform = preprocess.eval_pixels(inp)
   decoders = _decoders(inp.eval_preprocess)
   total = builder.info.splits[inp.eval_split].num_examples
   num_batches = math.ceil(math.ceil(total / count) / local_batch_size)
@@ -570,7 +570,7 @@ def eval_batches(config, builder, *, local_batch_size: int, process=None) -> Ite
     n += 1
   if n < num_batches:  # Processes with a smaller shard still join every collective step.
     shape = (local_batch_size,) + tuple(ds.element_spec['image'].shape[1:])
-    empty = {'image': np.zeros(shape, np.float32), 'label': np.zeros(shape[:1], np.int32),
+    empty = {'image': np.zeros(shape, np.uint8), 'label': np.zeros(shape[:1], np.int32),
              'mask': np.zeros(shape[:1], np.float32)}
     for _ in range(num_batches - n):
       yield empty

@@ -163,14 +163,23 @@ def eval_transform(inp, *, encoded=True):
   """f(image) -> normalised float32 [S, S, C] for the input.* keys: the eval op
   (`eval_preprocess`, `image_size`, `eval_resize_size`), then normalisation (`mean`, `std`).
 
-  The one definition of evaluation preprocessing: the eval pipeline maps it over the eval split
-  and `kdjax.load` over the images it is given (`encoded=False`: decoded arrays, see `eval_op`).
+  The one definition of evaluation preprocessing: `kdjax.load` maps it over the images it is
+  given (`encoded=False`: decoded arrays, see `eval_op`); the eval pipeline maps its first part,
+  `eval_pixels`, over the eval split and the devices normalise the same way.
   `inp` is config.input or anything with those attributes (an export's `preprocess` entry).
   """
+  pixels = eval_pixels(inp, encoded=encoded)
+  mean, std = tuple(inp.mean), tuple(inp.std)
+  return lambda image: normalize(tf.cast(pixels(image), tf.float32), mean, std)
+
+
+def eval_pixels(inp, *, encoded=True):
+  """f(image) -> uint8 [S, S, C]: the eval op of `eval_transform`, rounded to uint8 (what PIL's
+  result holds), before normalisation. The eval pipeline sends these to the devices, which
+  normalise them (`train.eval_images`)."""
   op = eval_op(inp.eval_preprocess, image_size=inp.image_size, resize_size=inp.eval_resize_size,
                encoded=encoded)
-  mean, std = tuple(inp.mean), tuple(inp.std)
-  return lambda image: normalize(op(image), mean, std)
+  return lambda image: to_pixels(op(image))
 
 
 def to_pixels(image):
