@@ -51,11 +51,21 @@ def _run_two(args, workdir, env):
 def test_two_processes_train_like_one(tmp_path, digits_data_dir, shard):
   """The embedded digits are ArrayRecord: each process reads its half of every global batch.
   The two-process run stops at step 11 (mid-epoch: 18 steps of 64 per epoch) and resumes to 24;
-  every step's losses equal the one-process run's. With `shard`, the student is a digits_cnn
+  every step's losses equal the one-process run's, DIST's too: it is computed per group of 32
+  rows of the global batch (two devices' rows), which hold the same examples only if the mesh
+  puts each process's devices side by side, in process order, as the reader assumes (with the
+  devices interleaved across processes this test fails: checked by hand). With `shard`, the student is a digits_cnn
   and the two processes shard the teacher and the train state over their 4 devices (their
   largest kernels: conv2's 64 output channels), which the replicated single process must match,
   checkpoints and export included."""
-  args = ['--config=configs/digits_kd.py:smoke', f'--config.data_dir={digits_data_dir}',
+  recipe = tmp_path / 'digits_kd_dist.py'  # digits_kd:smoke + a grouped term
+  recipe.write_text(
+      'from kdjax import recipes\n\n\ndef get_config(arg=None):\n'
+      "  config = recipes.get('digits_kd', 'smoke')\n"
+      '  with config.unlocked():\n'
+      '    config.losses.dist = dict(weight=1.0, group_size=32)\n'
+      '  return config\n')
+  args = [f'--config={recipe}', f'--config.data_dir={digits_data_dir}',
           '--config.log_every_steps=1', '--config.checkpoint_every_steps=6']
   if shard:
     args.append('--config.student.model=digits_cnn')
@@ -73,6 +83,7 @@ def test_two_processes_train_like_one(tmp_path, digits_data_dir, shard):
   train_lines = lambda records: [r for r in records if 'loss' in r]
   a, b = train_lines(_records(one)), train_lines(_records(two))
   assert [r['step'] for r in a] == [r['step'] for r in b] == list(range(1, 25))
+  assert 'loss/dist' in a[0]
   for ra, rb in zip(a, b):
     for key in ra:
       if key != 'examples_per_sec':
