@@ -9,7 +9,7 @@ Prints images/s (global batch over wall time, after compilation) for
   distill_step     the recipe's full train step (teacher + student + every loss term),
   input_pipeline   this process's TFDS input pipeline alone (host side, no device work; its
                    reader, random_access or sequential, as `input_reader`; --input_only
-                   measures only this),
+                   measures only this and the bytes below),
 and `distill_over_sum` = t(distill_step) / (t(student_step) + t(teacher_forward)): 1.0 means the
 distillation step costs exactly a student step plus a teacher forward. It also prints the bytes
 one device holds of the teacher's variables and of the recipe's train state, as placed (sharded
@@ -41,7 +41,8 @@ from kdjax.errors import KdjaxError  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Recipe file.', lock_config=True)
 flags.DEFINE_integer('steps', 20, 'Timed iterations per measurement (after 2 warm-up calls).')
 flags.DEFINE_string('json_out', None, 'Also write the results to this JSON file.')
-flags.DEFINE_bool('input_only', False, 'Measure the input pipeline only (no train step).')
+flags.DEFINE_bool('input_only', False, 'Measure the input pipeline and the bytes per device '
+                  'only (no train step is compiled).')
 FLAGS = flags.FLAGS
 
 
@@ -90,10 +91,14 @@ def benchmark(config, steps=20, input_only=False) -> dict:
   results['input_reader'] = ('random_access' if input_pipeline.random_access(
       config, setup.data.builder) else 'sequential')
   del batches
+  results.update(memory('state', train.abstract_state(setup, mesh)))  # the recipe's own state
+  nets = setup.networks
+  teacher = train.place_teacher(setup, mesh)
+  if teacher is not None:
+    results.update(memory('teacher', teacher))
   if input_only:
     return results
   batch = train.global_batch(next(pipeline()), mesh)
-  results.update(memory('state', train.abstract_state(setup, mesh)))  # the recipe's own state
 
   def step_time(s, teacher=None):
     step = train.compile_train_step(s, mesh)
@@ -105,7 +110,6 @@ def benchmark(config, steps=20, input_only=False) -> dict:
     return _time(one, steps)
 
   # The same student alone: cross-entropy, no teacher, no taps, no connectors.
-  nets = setup.networks
   student_setup = dataclasses.replace(
       setup, objective=train.Objective(terms=methods.build_terms({'ce': {'weight': 1.0}}),
                                        connectors={}),
@@ -115,8 +119,6 @@ def benchmark(config, steps=20, input_only=False) -> dict:
   results['student_step'] = config.batch_size / t_student
   if nets.teacher is not None:
     forward = jax.jit(lambda v, x: train.teacher_forward(nets.teacher, v, x, nets.taps['teacher']))
-    teacher = train.place_teacher(setup, mesh)
-    results.update(memory('teacher', teacher))
     images = on_device.normalize(batch['image'], config.input.mean, config.input.std)
     t_teacher = _time(lambda: forward(teacher, images), steps)
     t_full = step_time(setup, teacher)
