@@ -55,10 +55,12 @@ def check_manual_files(builder, name, manual_dir):
 
 
 def prepare_tfds(name, data_dir, manual_dir, file_format='array_record'):
-  """Prepares TFDS dataset `name` stored as `file_format`; returns its builder."""
+  """Prepares TFDS dataset `name` stored as `file_format`; returns its builder. A dataset
+  already prepared in `data_dir` is kept as it was stored (`describe_tfds` says which format;
+  another data_dir holds another copy)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from kdjax.data import input_pipeline  # pylint: disable=g-import-not-at-top  (registers uci_digits)
-  builder = input_pipeline.tfds_builder(name, data_dir, file_format=file_format)
+  builder = input_pipeline.tfds_builder(name, data_dir)
   if builder.is_prepared():
     return builder
   where = data_dir or tfds.core.constants.get_default_data_dir()
@@ -66,6 +68,7 @@ def prepare_tfds(name, data_dir, manual_dir, file_format='array_record'):
   check_manual_files(builder, name, manual_dir)
   try:
     builder.download_and_prepare(
+        file_format=file_format,
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   except Exception as e:  # pylint: disable=broad-except  TFDS and its downloads raise anything
     first = (str(e).strip().splitlines() or [''])[0][:300]

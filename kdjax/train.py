@@ -421,7 +421,7 @@ def build_data(config) -> Data:
   builder = input_pipeline.get_builder(config)
   unlabeled_builder = input_pipeline.get_unlabeled_builder(config)
   input_pipeline.check_options(config, builder, unlabeled_builder)
-  input_pipeline.warn_about_sequential_reads(config, builder)
+  input_pipeline.warn_about_sequential_reads(config, builder, unlabeled_builder)
   info = input_pipeline.dataset_info(config, builder)
   spe = input_pipeline.steps_per_epoch(config, info)
   total = (config.num_train_steps if config.num_train_steps > 0
@@ -693,13 +693,30 @@ def ema_update(decay, ema, params, batch_stats):
   return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, new)
 
 
+def labelled_rows_first(batch, num_processes, num_labeled):
+  """Rows [lab_0, unl_0, lab_1, unl_1, ...] (each process's labelled rows, then its unlabeled
+  ones, `num_labeled` of each process's rows labelled) -> [lab_0, lab_1, ..., unl_0, unl_1, ...]:
+  the order one process yields, so row-dependent work (Mixup's pairs, erasing noise, grouped
+  losses) sees the same rows on any number of processes."""
+  def reorder(x):
+    rows = x.reshape((num_processes, -1) + x.shape[1:])
+    return jnp.concatenate([rows[:, :num_labeled].reshape((-1,) + x.shape[1:]),
+                            rows[:, num_labeled:].reshape((-1,) + x.shape[1:])])
+  return jax.tree.map(reorder, batch)
+
+
 def make_train_step(setup: Setup):
   """Returns step(state, teacher_variables, batch) -> (state, metrics), pure and jittable."""
   networks, objective, config = setup.networks, setup.objective, setup.config
   spe, seed = setup.data.steps_per_epoch, config.seed
   ema_decay, clip = config.ema.decay, config.optimizer.get('clip_grad_norm', 0.0)
+  num_processes = jax.process_count()
+  local_labeled, local_unlabeled = input_pipeline.batch_split(
+      config, config.batch_size // num_processes, num_processes)
 
   def step(state, teacher_variables, batch):
+    if local_unlabeled and num_processes > 1:
+      batch = labelled_rows_first(batch, num_processes, local_labeled)
     labels = batch['label']
     # Any process asked to stop (SIGTERM, Ctrl-C): every process learns it from this step.
     stop = jnp.max(batch['stop']) if 'stop' in batch else jnp.zeros((), jnp.int32)

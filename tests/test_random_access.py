@@ -178,3 +178,23 @@ def test_several_processes_on_tfrecord_warn_once(tmp_path, caplog, monkeypatch):
     input_pipeline.warn_about_sequential_reads(config, builder)
   assert len(caplog.records) == 1
   assert 'reads the whole split' in caplog.text and 'kdjax.prepare uci_digits' in caplog.text
+
+
+def test_labelled_rows_first_gives_the_one_process_row_order():
+  """Two processes of 3 labelled + 1 unlabeled rows each: the step reorders the global batch
+  [lab_0, unl_0, lab_1, unl_1] into one process's [lab_0, lab_1, unl_0, unl_1]."""
+  from kdjax import train  # pylint: disable=g-import-not-at-top
+  rows = np.array([0, 1, 2, 10, 3, 4, 5, 11])  # 10, 11: the unlabeled rows
+  batch = {'label': rows, 'image': np.stack([rows, -rows], axis=1)}
+  got = train.labelled_rows_first(batch, 2, 3)
+  np.testing.assert_array_equal(got['label'], [0, 1, 2, 3, 4, 5, 10, 11])
+  np.testing.assert_array_equal(got['image'][:, 1], -np.array([0, 1, 2, 3, 4, 5, 10, 11]))
+
+
+def test_prepare_keeps_a_dataset_stored_in_the_other_format(tmp_path):
+  from kdjax import prepare  # pylint: disable=g-import-not-at-top
+  builder = prepare.prepare_tfds('uci_digits', str(tmp_path), None, file_format='tfrecord')
+  assert builder.info.file_format.value == 'tfrecord'
+  again = prepare.prepare_tfds('uci_digits', str(tmp_path), None)  # default: array_record
+  assert again.info.file_format.value == 'tfrecord'
+  assert 'as tfrecord' in prepare.describe_tfds(again)

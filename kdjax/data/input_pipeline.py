@@ -21,9 +21,10 @@ sees exactly the batches an uninterrupted run would.
 Evaluation: every example of the eval split exactly once; the last batch is padded with
 `mask = 0` examples, and every process yields the same number of batches.
 
-Batches are dicts of numpy arrays: `image` float32 [b, H, W, C], `label` int32 [b] (-1 where a
-label is hidden), `id` int32 [b] where the dataset has one, `index` int32 [b] with
-input.add_index, and `mask` float32 [b] in eval.
+Batches are dicts of numpy arrays: `image` uint8 [b, H, W, C] (the steps normalise it on the
+device), `erase` int32 [b, 4] with input.random_erasing (the boxes the train step fills), `label`
+int32 [b] (-1 where a label is hidden), `id` int32 [b] where the dataset has one, `index` int32
+[b] with input.add_index, and `mask` float32 [b] in eval.
 """
 
 import dataclasses
@@ -199,7 +200,9 @@ def check_options(config, builder, unlabeled_builder):
   inp = config.input
   if inp.reader not in READERS:
     raise KdjaxError(f"input.reader must be one of {', '.join(READERS)}, got '{inp.reader}'")
-  random_access(config, builder)  # 'random_access' on a TFRecord dataset: how to prepare it
+  for source in (builder, unlabeled_builder):  # a reader the source's format cannot serve
+    if source is not None:
+      random_access(config, source)
   if inp.shard_by not in ('example', 'file'):
     raise KdjaxError(f"input.shard_by must be 'example' or 'file', got '{inp.shard_by}'")
   if inp.image_size <= 0:
@@ -324,8 +327,14 @@ def random_access(config, builder) -> bool:
   return reader == 'random_access'
 
 
-def warn_about_sequential_reads(config, builder):
+def warn_about_sequential_reads(config, builder, unlabeled_builder=None):
   """One line when several processes read a TFRecord dataset: each reads the whole split."""
+  for source in (builder, unlabeled_builder):
+    if source is not None:
+      _warn_if_sequential(config, source)
+
+
+def _warn_if_sequential(config, builder):
   if jax.process_count() > 1 and not random_access(config, builder):
     whole = config.input.shard_by == 'example'
     log.warning('%s is stored as TFRecord and read sequentially: %s; prepare it as ArrayRecord '

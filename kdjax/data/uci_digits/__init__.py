@@ -33,7 +33,8 @@ class UciDigits(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.1.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release: 1,200 train / 597 test.',
-                   '1.1.0': 'Stored as ArrayRecord (read by index); the same examples.'}
+                   '1.1.0': 'Prepared as ArrayRecord (read by index) unless another '
+                            'file_format is asked for; the same examples.'}
 
   def __init__(self, *, file_format=None, **kwargs):
     super().__init__(file_format=file_format, **kwargs)
