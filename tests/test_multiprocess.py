@@ -84,10 +84,15 @@ def test_two_processes_train_like_one(tmp_path, digits_data_dir, shard):
   a, b = train_lines(_records(one)), train_lines(_records(two))
   assert [r['step'] for r in a] == [r['step'] for r in b] == list(range(1, 25))
   assert 'loss/dist' in a[0]
+  # Sharded weights are gathered and their gradients reduced in another order than replicated
+  # ones, and float differences grow with the steps: over 24 Adam steps of a BatchNorm CNN the
+  # losses drift apart by up to ~1e-4 (seen: 1.0e-5 at step 15, 1.2e-4 at step 21). The
+  # replicated two-process run matches to 1e-5; tests/sharding_check.py's few sharded steps too.
+  rtol = 1e-3 if shard else 1e-5
   for ra, rb in zip(a, b):
     for key in ra:
       if key != 'examples_per_sec':
-        np.testing.assert_allclose(rb[key], ra[key], rtol=1e-5, err_msg=f'{key} @ {ra["step"]}')
+        np.testing.assert_allclose(rb[key], ra[key], rtol=rtol, err_msg=f'{key} @ {ra["step"]}')
   final = lambda records: [r for r in records if r['step'] == 24 and 'split' in r]
   for ra, rb in zip(final(_records(one)), final(_records(two))):
     np.testing.assert_allclose(rb['top1'], ra['top1'], rtol=1e-6)
