@@ -463,3 +463,16 @@ def test_bad_shapes_raise():
     L.dkd(ZS, ZT, Y[:1], alpha=1.0, beta=1.0, temperature=1.0)
   with pytest.raises(ValueError, match="labels"):
     L.cross_entropy(ZS, Y.astype(np.float32))
+
+
+def test_standardize_matches_reference_and_is_finite():
+  # Golden: the reference's `normalize` (sunshangquan/logit-standardization-KD,
+  # mdistiller/distillers/KD.py: (z - mean) / (1e-7 + z.std(-1))) run in torch float64 on ZS.
+  want = [[1.0170743, -0.03507153, -0.98200277], [-0.09491579, 1.04407374, -0.94915794]]
+  close(L.standardize(ZS), want)
+  # Shift and positive scale of a row do not change it; a constant row maps to 0, finitely.
+  close(L.standardize(3.0 * ZS + 7.0), want, atol=1e-5)
+  const = jnp.ones((2, 4), jnp.bfloat16)
+  assert L.standardize(const).dtype == jnp.float32
+  close(L.standardize(const), np.zeros((2, 4)))
+  assert np.isfinite(jax.grad(lambda z: jnp.sum(L.standardize(z) ** 3))(const)).all()

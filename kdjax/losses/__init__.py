@@ -16,6 +16,7 @@ from kdjax.losses.logits import kl_divergence
 from kdjax.losses.logits import ofa
 from kdjax.losses.logits import skd
 from kdjax.losses.logits import soft_cross_entropy
+from kdjax.losses.logits import standardize
 from kdjax.losses.logits import wsl
 from kdjax.losses.features import afd
 from kdjax.losses.features import afd_attention

@@ -174,6 +174,37 @@ def _skd_normalize(logits, multiplier):
 # --------------------------------------------------------------------------- public losses
 
 
+def standardize(logits, *, eps=1e-7):
+  r"""Logit standardization (Sun et al., CVPR 2024): a per-row z-score of the logits.
+
+  .. math::
+    \mathcal{Z}(z)[b, k] = \frac{z[b,k] - \bar z[b]}{\epsilon + \sigma[b]}, \qquad
+    \sigma[b]^2 = \frac{1}{K - 1} \sum_k (z[b,k] - \bar z[b])^2
+
+  ``sigma`` is the unbiased (Bessel-corrected) standard deviation, as ``torch.Tensor.std``
+  computes it in the reference, and ``eps = 1e-7`` is added to it, not to the variance. The
+  square root is floored (docs/methods.md#numerics) so that a constant row gives 0 with a finite
+  gradient. Logit losses with a ``standardize`` option apply this to both sides before the
+  temperature.
+
+  Args:
+    logits: ``[B, K]``, ``K >= 2``.
+    eps: added to the standard deviation.
+
+  Returns:
+    float32 ``[B, K]``: zero mean, unit (unbiased) standard deviation per row.
+
+  References:
+    Sun, Ren, Li, Wang, Cao, "Logit Standardization in Knowledge Distillation", CVPR 2024;
+    sunshangquan/logit-standardization-KD ``mdistiller/distillers/KD.py`` (``normalize``).
+  """
+  z = as_f32(logits)
+  centred = z - jnp.mean(z, axis=-1, keepdims=True)
+  std = safe_norm(centred, axis=-1, keepdims=True) / jnp.sqrt(z.shape[-1] - 1.0)
+  return centred / (eps + std)
+
+
+
 def cross_entropy(logits, labels, *, label_smoothing=0.0):
   r"""Mean softmax cross-entropy that ignores unlabeled (``-1``) examples.
 
