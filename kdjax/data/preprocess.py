@@ -12,31 +12,42 @@ from kdjax.data import augment
 from kdjax.errors import KdjaxError
 
 
-def _random_crop(image, seed, *, size, pad):
-  """Zero-pad by `pad`, then a random `size` x `size` crop (a random shift of up to `pad`)."""
-  image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-  return tf.image.stateless_random_crop(image, [size, size, image.shape[-1]], seed=seed)
+# Every train op is a view of the image: a crop window and a horizontal flip. It is drawn from
+# the example's seed (`*_window`: int32 [5] = top, left, height, width, flip) and then applied
+# (`apply_window`), so a view can be recorded and replayed exactly (the teacher cache:
+# kdjax/cache.py). The draws are TensorFlow's own (stateless_random_crop's offsets,
+# stateless_random_flip_left_right's U < 1/2, stateless_sample_distorted_bounding_box).
 
 
-def _random_crop_flip(image, seed, *, size, pad):
-  """CIFAR augmentation: zero-pad by `pad`, random `size` crop, random horizontal flip."""
-  seeds = tf.random.experimental.stateless_split(seed, 2)
-  image = _random_crop(image, seeds[0], size=size, pad=pad)
-  return tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
+def _flip_draw(seed):
+  """tf.image.stateless_random_flip_left_right's draw: flip when U(seed) < 1/2."""
+  return tf.random.stateless_uniform([], seed=seed, minval=0.0, maxval=1.0) < 0.5
 
 
-def _inception_crop_flip(image_bytes, seed, *, size, area_range=(0.08, 1.0)):
-  """ImageNet training augmentation: fused JPEG decode + random-resized crop + flip."""
+def _window(top, left, height, width, flip):
+  return tf.stack([tf.cast(v, tf.int32) for v in (top, left, height, width, flip)])
+
+
+def _crop_window(image, seed, *, size, pad, flip):
+  """CIFAR's view: zero-pad by `pad`, a random `size` crop (tf.image.stateless_random_crop's
+  offsets, in padded coordinates), and with `flip` a random horizontal flip."""
+  seeds = tf.random.experimental.stateless_split(seed, 2) if flip else [seed]
+  limit = tf.shape(image) + [2 * pad, 2 * pad, 0] - [size, size, tf.shape(image)[2]] + 1
+  offset = tf.random.stateless_uniform([3], seed=seeds[0], maxval=2**31 - 1,
+                                       dtype=tf.int32) % limit
+  return _window(offset[0], offset[1], size, size, _flip_draw(seeds[1]) if flip else False)
+
+
+def _inception_window(image_bytes, seed, *, area_range=(0.08, 1.0)):
+  """ImageNet's view: a distorted bounding box of the JPEG (its shape read from the header) and
+  a random flip."""
   seeds = tf.random.experimental.stateless_split(seed, 2)
   shape = tf.image.extract_jpeg_shape(image_bytes)
   begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
       shape, bounding_boxes=tf.zeros([1, 0, 4]), seed=seeds[0],
       min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3), area_range=area_range,
       max_attempts=10, use_image_if_no_bounding_boxes=True)
-  window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
-  image = tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
-  image = tf.image.resize(image, [size, size], method='bilinear', antialias=False)
-  return tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
+  return _window(begin[0], begin[1], crop_size[0], crop_size[1], _flip_draw(seeds[1]))
 
 
 def _resize_center_crop(image, *, size, resize_size):
@@ -52,17 +63,17 @@ def _resize_center_crop(image, *, size, resize_size):
   return tf.image.crop_to_bounding_box(image, top, left, size, size)
 
 
-def _random_resized_crop_flip(image, seed, *, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                              attempts=10):
+def _random_resized_window(image, seed, *, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                           attempts=10):
   """timm's RandomResizedCropAndInterpolation(size, scale, ratio, 'bicubic') and
   RandomHorizontalFlip on a decoded image [H, W, C] (any size; CIFAR's 32x32 too).
 
   Up to `attempts` tries of area ~ U(scale) * H W and aspect w / h ~ exp(U(log ratio)),
   w = round(sqrt(area * aspect)), h = round(sqrt(area / aspect)); the first with w <= W and
   h <= H is placed uniformly (top in 0..H - h, left in 0..W - w). If none fits, timm's
-  fallback: the centred crop of the whole image clamped to `ratio`. Then a bicubic resize to
-  size x size (antialiased when shrinking, as PIL), rounded and clipped to [0, 255] as PIL's
-  uint8 result, and a flip with probability 1/2. Returns float32 [size, size, C].
+  fallback: the centred crop of the whole image clamped to `ratio`; a flip with probability 1/2.
+  `apply_window` then resizes the crop to size x size, bicubic (antialiased when shrinking, as
+  PIL), rounded and clipped to [0, 255] as PIL's uint8 result.
   """
   seeds = tf.random.experimental.stateless_split(seed, 5)
   shape = tf.shape(image)
@@ -83,11 +94,7 @@ def _random_resized_crop_flip(image, seed, *, size, scale=(0.08, 1.0), ratio=(3 
                  tf.floor((img_h - h) / 2))
   left = tf.where(found, tf.floor(tf.random.stateless_uniform([], seeds[3]) * (img_w - w + 1)),
                   tf.floor((img_w - w) / 2))
-  crop = tf.image.crop_to_bounding_box(image, *[tf.cast(v, tf.int32) for v in (top, left, h, w)])
-  crop = tf.image.resize(tf.cast(crop, tf.float32), [size, size], method='bicubic',
-                         antialias=True)
-  crop = tf.clip_by_value(tf.round(crop), 0.0, 255.0)
-  return tf.image.stateless_random_flip_left_right(crop, seed=seeds[4])
+  return _window(top, left, h, w, _flip_draw(seeds[4]))
 
 
 def _bicubic_resize_center_crop(image, *, size, resize_size):
@@ -109,22 +116,56 @@ TRAIN_OPS = ('none', 'crop', 'crop_flip', 'inception_crop_flip', 'random_resized
 EVAL_OPS = ('none', 'resize_center_crop', 'bicubic_resize_center_crop')
 
 
-def train_op(name, *, image_size, crop_padding=4):
-  """Returns f(encoded_or_decoded_image, seed) -> float32 [H, W, C] in [0, 255]."""
+def train_window(name, *, image_size, crop_padding=4):
+  """Returns f(encoded_or_decoded_image, seed) -> int32 [5]: the view op `name` draws for that
+  seed, (top, left, height, width, flip)."""
   if name == 'none':
-    return lambda image, seed: tf.cast(image, tf.float32)
-  if name == 'crop':
-    return lambda image, seed: tf.cast(
-        _random_crop(image, seed, size=image_size, pad=crop_padding), tf.float32)
-  if name == 'crop_flip':
-    return lambda image, seed: tf.cast(
-        _random_crop_flip(image, seed, size=image_size, pad=crop_padding), tf.float32)
+    return lambda image, seed: _window(0, 0, tf.shape(image)[0], tf.shape(image)[1], False)
+  if name in ('crop', 'crop_flip'):
+    return lambda image, seed: _crop_window(image, seed, size=image_size, pad=crop_padding,
+                                            flip=name == 'crop_flip')
   if name == 'inception_crop_flip':
-    return lambda image, seed: _inception_crop_flip(image, seed, size=image_size)
+    return _inception_window
   if name == 'random_resized_crop_flip':
-    return lambda image, seed: _random_resized_crop_flip(image, seed, size=image_size)
+    return _random_resized_window
   raise KdjaxError(f"unknown train augmentation '{name}' (input.train_augment); "
                    f'valid: {", ".join(TRAIN_OPS)}')
+
+
+def apply_window(name, *, image_size, crop_padding=4):
+  """Returns f(encoded_or_decoded_image, window int32 [5]) -> float32 [S, S, C] in [0, 255]:
+  the view of op `name` (crop, resize as the op resizes, flip)."""
+  if name not in TRAIN_OPS:
+    train_window(name, image_size=image_size)  # raises the error naming the valid ops
+
+  def flip(image, window):
+    return tf.cond(window[4] > 0, lambda: tf.reverse(image, [1]), lambda: image)
+
+  def view(image, window):
+    if name == 'none':
+      return tf.cast(image, tf.float32)
+    if name in ('crop', 'crop_flip'):
+      image = tf.pad(image, [[crop_padding, crop_padding], [crop_padding, crop_padding], [0, 0]])
+      image = tf.image.crop_to_bounding_box(image, window[0], window[1], window[2], window[3])
+      return tf.cast(flip(image, window), tf.float32)
+    if name == 'inception_crop_flip':
+      image = tf.image.decode_and_crop_jpeg(image, window[:4], channels=3)
+      image = tf.image.resize(image, [image_size, image_size], method='bilinear',
+                              antialias=False)
+      return flip(image, window)
+    crop = tf.image.crop_to_bounding_box(image, window[0], window[1], window[2], window[3])
+    crop = tf.image.resize(tf.cast(crop, tf.float32), [image_size, image_size],
+                           method='bicubic', antialias=True)
+    return flip(tf.clip_by_value(tf.round(crop), 0.0, 255.0), window)
+  return view
+
+
+def train_op(name, *, image_size, crop_padding=4):
+  """Returns f(encoded_or_decoded_image, seed) -> float32 [H, W, C] in [0, 255]: the view the
+  op draws for that seed (`train_window`), applied (`apply_window`)."""
+  draw = train_window(name, image_size=image_size, crop_padding=crop_padding)
+  apply = apply_window(name, image_size=image_size, crop_padding=crop_padding)
+  return lambda image, seed: apply(image, draw(image, seed))
 
 
 def eval_op(name, *, image_size, resize_size, encoded=True):
