@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from kdjax import cache
 from kdjax import checkpoint
 from kdjax import config_base
 from kdjax import logs
@@ -527,6 +528,8 @@ def build(config) -> Setup:
   """Validates the config against data, models, taps and the teacher. Writes nothing."""
   _check_config(config)
   terms = methods.build_terms(config.losses, batch_size=config.batch_size)
+  if config.teacher.get('cache'):
+    cache.check_config(config, terms)
   data = build_data(config)
   networks = build_networks(config, data, terms)
   objective = build_objective(config, data, networks, terms)
@@ -720,7 +723,8 @@ def make_train_step(setup: Setup):
     labels = batch['label']
     # Any process asked to stop (SIGTERM, Ctrl-C): every process learns it from this step.
     stop = jnp.max(batch['stop']) if 'stop' in batch else jnp.zeros((), jnp.int32)
-    side = {k: v for k, v in batch.items() if k not in ('image', 'stop', 'erase')}  # CRD's index
+    side = {k: v for k, v in batch.items()  # CRD's index
+            if k not in ('image', 'stop', 'erase', 'teacher_logits')}
     epoch = state.step // spe + 1  # 1-based, constant within an epoch (warm-ups)
     step_rng = jax.random.fold_in(rng_stream(seed, 'step'), state.step)
     # The uint8 images from the host, normalised here; random erasing fills the host's boxes.
@@ -731,7 +735,9 @@ def make_train_step(setup: Setup):
     images, labels, targets = mix_batch(config, setup.data.info.num_classes, images, labels,
                                         step_rng)
     teacher = {}
-    if networks.teacher is not None:
+    if 'teacher_logits' in batch:  # teacher.cache: recorded for this view, no teacher forward
+      teacher = {'teacher': {'logits': batch['teacher_logits'].astype(jnp.float32)}}
+    elif networks.teacher is not None:
       teacher = {'teacher': teacher_forward(networks.teacher, teacher_variables, images,
                                             networks.taps['teacher'])}
 
@@ -976,6 +982,24 @@ def exported_name(config):
   return f"{config['export']}_ema" if config['ema']['decay'] > 0 else config['export']
 
 
+def open_teacher_cache(setup):
+  """The run's teacher cache (`kdjax.cache.Store`), made first if its folder holds none; None
+  when teacher.cache is off."""
+  config = setup.config
+  path = config.teacher.get('cache')
+  if not path:
+    return None
+  if not cache.exists(path):
+    log.info('teacher.cache: no cache in %s yet; recording the teacher first.', path)
+    cache.build(config, setup, make_mesh(jax.local_devices()))
+  store = cache.Store(path)
+  store.check(config, setup)
+  log.info('teacher.cache: the train step reads the teacher logits recorded in %s (%d views '
+           'per example%s).', path, store.layout.views,
+           f', top-{store.layout.top_k}' if store.layout.top_k else '')
+  return store
+
+
 def _check_resume(config, setup, metadata, workdir):
   """Refuses a resume whose config changes the trajectory (unless allowed); logs the rest."""
   now = json.loads(config.to_json_best_effort())
@@ -1168,7 +1192,8 @@ def _train(config, workdir, setup, mesh, lock, created, progress_mode):
     batches = input_pipeline.train_batches(config, setup.data.builder, start_step=start_step,
                                            local_batch_size=local_batch,
                                            steps_per_epoch=setup.data.steps_per_epoch,
-                                           unlabeled_builder=setup.data.unlabeled_builder)
+                                           unlabeled_builder=setup.data.unlabeled_builder,
+                                           teacher_cache=open_teacher_cache(setup))
     eval_every = (max(1, round(config.eval_every_epochs * setup.data.steps_per_epoch))
                   if config.eval_every_epochs > 0 else total)
     progress = metrics_lib.Progress(total, start_step, mode=progress_mode)

@@ -28,6 +28,7 @@ int32 [b] (-1 where a label is hidden), `id` int32 [b] where the dataset has one
 """
 
 import dataclasses
+import functools
 import logging
 import math
 from typing import Iterator
@@ -288,7 +289,7 @@ def steps_per_epoch(config, info: DatasetInfo) -> int:
   return steps
 
 
-def _decoders(op_name):
+def image_decoders(op_name):
   """JPEG bytes for the fused decode-and-crop ops, decoded images for the others."""
   if preprocess.needs_encoded_images(op_name):
     return {'image': tfds.decode.SkipDecoding()}
@@ -345,19 +346,23 @@ def _warn_if_sequential(config, builder):
 
 
 def train_batches(config, builder, *, start_step: int, local_batch_size: int,
-                  steps_per_epoch: int, unlabeled_builder=None, process=None) -> Iterator[dict]:
+                  steps_per_epoch: int, unlabeled_builder=None, process=None,
+                  teacher_cache=None) -> Iterator[dict]:
   """Yields this process's training batches from `start_step` on, forever (epoch after epoch).
 
   With `input.unlabeled.fraction > 0`, that fraction of every batch comes from the unlabeled
   source (labels -1), appended after the labelled examples; both streams are resumable.
   `process`: (index, count), this process's slot (default `process_slot()`).
+  `teacher_cache`: a `kdjax.cache.Store`; each example then takes the view the cache recorded
+  for this epoch (`cache.choose_views`) and its batch row carries the recorded teacher logits
+  (`teacher_logits` float32 [C]).
   """
   inp = config.input
   process = process or process_slot()
   n_labeled, n_unlabeled = batch_split(config, local_batch_size, process[1])
   labeled = _epochs(config, builder, inp.train_split, start_step=start_step, batch=n_labeled,
                     steps_per_epoch=steps_per_epoch, seed=config.seed,
-                    num_labeled=inp.num_labeled, process=process)
+                    num_labeled=inp.num_labeled, process=process, teacher_cache=teacher_cache)
   if not n_unlabeled:
     yield from labeled
     return
@@ -375,18 +380,26 @@ def train_batches(config, builder, *, start_step: int, local_batch_size: int,
     yield {k: np.concatenate([a[k], b[k]]) for k in a if k in b}
 
 
-def _example_fn(config, builder, num_labeled, add_index):
-  """prepare(position, example, epoch_seed, index) -> the batch row of one training example:
-  augmented with the stateless seed (epoch_seed, position), its label hidden as `num_labeled`
-  says, its integer `id` and (add_index) its dataset `index` kept."""
+def _example_fn(config, builder, num_labeled, add_index, replay=False):
+  """prepare(position, example, epoch_seed, index[, window]) -> the batch row of one training
+  example: augmented with the stateless seed (epoch_seed, position), or with `replay` the
+  recorded view `window` (the teacher cache), its label hidden as `num_labeled` says, its
+  integer `id` and (add_index) its dataset `index` kept."""
   transform = preprocess.train_transform(config.input)
+  inp = config.input
+  view = preprocess.apply_window(inp.train_augment, image_size=inp.image_size,
+                                 crop_padding=inp.crop_padding)
   has_id = _has_integer_id(builder)
   if num_labeled > 0 and not has_id:
     raise KdjaxError(f"input.num_labeled needs an integer 'id' feature; {builder.name} has none")
 
-  def prepare(position, example, epoch_seed, index):
-    seed = tf.stack([epoch_seed, tf.cast(position, tf.int64)])
-    out = {**transform(example['image'], seed), 'label': _hide_labels(example, num_labeled)}
+  def prepare(position, example, epoch_seed, index, window=None):
+    if replay:
+      out = {'image': preprocess.to_pixels(view(example['image'], window))}
+    else:
+      seed = tf.stack([epoch_seed, tf.cast(position, tf.int64)])
+      out = transform(example['image'], seed)
+    out['label'] = _hide_labels(example, num_labeled)
     if has_id:
       out['id'] = tf.cast(example['id'], tf.int32)
     if add_index:
@@ -400,11 +413,17 @@ def _epoch_seed(seed, epoch):
 
 
 def _epochs(config, builder, split_name, *, start_step, batch, steps_per_epoch, seed,
-            num_labeled, process):
+            num_labeled, process, teacher_cache=None):
   """Batches of one source, epoch after epoch; `num_labeled` -1 hides every label."""
   add_index = config.input.add_index and num_labeled >= 0
-  prepare = _example_fn(config, builder, num_labeled, add_index)
-  read = _random_access_epoch if random_access(config, builder) else _sequential_epoch
+  prepare = _example_fn(config, builder, num_labeled, add_index, replay=teacher_cache is not None)
+  if random_access(config, builder):
+    read = functools.partial(_random_access_epoch, teacher_cache=teacher_cache)
+  elif teacher_cache is not None:
+    raise KdjaxError(f'teacher.cache reads examples by index: prepare {builder.name} as '
+                     f'ArrayRecord ({prepare_hint(builder.name, builder.data_dir)})')
+  else:
+    read = _sequential_epoch
   epoch, skip_batches = divmod(start_step, steps_per_epoch)
   while True:
     yield from read(config, builder, split_name, prepare, epoch=epoch, seed=seed, batch=batch,
@@ -413,7 +432,7 @@ def _epochs(config, builder, split_name, *, start_step, batch, steps_per_epoch, 
     epoch, skip_batches = epoch + 1, 0
 
 
-def _mix64(x):
+def mix64(x):
   """splitmix64's finaliser on uint64: a fixed bijective hash (arithmetic modulo 2**64)."""
   with np.errstate(over='ignore'):
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -425,8 +444,13 @@ def epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
   """The random-access reader's order of a split of `size` examples in `epoch`: a permutation of
   0..size-1 that is a pure function of (seed, epoch), defined here (a hash, then a stable sort)
   rather than by a library's generator, so it never changes under a resumed run."""
-  key = _mix64(np.uint64(_epoch_seed(seed, epoch) % 2**64) ^ np.uint64(0x9E3779B97F4A7C15))
-  return np.argsort(_mix64(np.arange(size, dtype=np.uint64) ^ key), kind='stable')
+  key = mix64(np.uint64(_epoch_seed(seed, epoch) % 2**64) ^ np.uint64(0x9E3779B97F4A7C15))
+  return np.argsort(mix64(np.arange(size, dtype=np.uint64) ^ key), kind='stable')
+
+
+def epoch_key(seed: int, epoch: int) -> np.uint64:
+  """A 64-bit hash of (seed, epoch): the key of the teacher cache's view draws."""
+  return mix64(np.uint64(_epoch_seed(seed, epoch) % 2**64))
 
 
 def process_positions(*, process, batch, first_batch, num_batches) -> np.ndarray:
@@ -450,7 +474,7 @@ def record_source(builder, split):
   return read
 
 
-def _read_rows(builder, split, decoders, groups):
+def read_rows(builder, split, decoders, groups):
   """(position, index, example) for each row of `groups`, a tf.data dataset of (positions,
   indices) int64 [b] pairs: each group's records read in one call (in parallel host threads),
   then parsed one by one, in order."""
@@ -468,8 +492,9 @@ def _read_rows(builder, split, decoders, groups):
 
 
 def _random_access_epoch(config, builder, split, prepare, *, epoch, seed, batch, first_batch,
-                         steps_per_epoch, process, add_index):
-  """One epoch of this process's batches from `first_batch` on, read by index."""
+                         steps_per_epoch, process, add_index, teacher_cache=None):
+  """One epoch of this process's batches from `first_batch` on, read by index (with
+  `teacher_cache`, each example's recorded view for the epoch and its teacher logits)."""
   del add_index  # The record's index in the split is the dataset index.
   size = builder.info.splits[split].num_examples
   order = epoch_order(seed, epoch, size)
@@ -479,11 +504,35 @@ def _random_access_epoch(config, builder, split, prepare, *, epoch, seed, batch,
     return
   epoch_seed = tf.constant(_epoch_seed(seed, epoch), tf.int64)
   groups = tf.data.Dataset.from_tensor_slices((positions, order[positions]))
-  ds = _read_rows(builder, split, _decoders(config.input.train_augment), groups)
-  ds = ds.map(lambda pos, idx, ex: prepare(pos, ex, epoch_seed, idx),
-              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = read_rows(builder, split, image_decoders(config.input.train_augment), groups)
+  if teacher_cache is None:
+    ds = ds.map(lambda pos, idx, ex: prepare(pos, ex, epoch_seed, idx),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  else:
+    ds = tf.data.Dataset.zip(ds, _cached_rows(teacher_cache, seed, epoch, order[positions]))
+
+    def replay(row, cached):
+      (pos, idx, ex), (window, logits) = row, cached
+      return {**prepare(pos, ex, epoch_seed, idx, window), 'teacher_logits': logits}
+    ds = ds.map(replay, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(batch, drop_remainder=True).prefetch(config.input.prefetch_batches)
   yield from tfds.as_numpy(ds)
+
+
+def _cached_rows(store, seed, epoch, indices):
+  """(window int32 [5], teacher logits float32 [C]) of each index of `indices` [n, b], the view
+  `cache.choose_views` picks for the epoch, read one group of b per call."""
+  from kdjax import cache  # pylint: disable=g-import-not-at-top  (cache imports this module)
+  views = cache.choose_views(seed, epoch, indices, store.layout.views)
+  num_classes = store.layout.num_classes
+
+  def fetch(idx, view):
+    windows, logits = tf.numpy_function(store.rows, [idx, view], (tf.int32, tf.float32),
+                                        stateful=False)
+    return (tf.ensure_shape(windows, [idx.shape[0], 5]),
+            tf.ensure_shape(logits, [idx.shape[0], num_classes]))
+  ds = tf.data.Dataset.from_tensor_slices((indices, views))
+  return ds.map(fetch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
 
 
 def _sequential_epoch(config, builder, split_name, prepare, *, epoch, seed, batch, first_batch,
@@ -510,7 +559,7 @@ def _sequential_epoch(config, builder, split_name, prepare, *, epoch, seed, batc
   read_config = tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16,
                                 skip_prefetch=True, add_tfds_id=add_index)
   ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config,
-                          decoders=_decoders(inp.train_augment))
+                          decoders=image_decoders(inp.train_augment))
   ds = ds.shuffle(inp.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
   ds = ds.enumerate().skip(first_batch * global_batch)  # position within the epoch
   if by_example:
@@ -555,14 +604,14 @@ def eval_batches(config, builder, *, local_batch_size: int, process=None) -> Ite
   inp = config.input
   index, count = process or process_slot()
   transform = preprocess.eval_pixels(inp)
-  decoders = _decoders(inp.eval_preprocess)
+  decoders = image_decoders(inp.eval_preprocess)
   total = builder.info.splits[inp.eval_split].num_examples
   num_batches = math.ceil(math.ceil(total / count) / local_batch_size)
   if random_access(config, builder):
     share = math.ceil(total / count)
     indices = np.arange(index * share, min(total, (index + 1) * share), dtype=np.int64)
     groups = tf.data.Dataset.from_tensor_slices(indices).batch(local_batch_size)
-    examples = _read_rows(builder, inp.eval_split, decoders, groups.map(lambda i: (i, i)))
+    examples = read_rows(builder, inp.eval_split, decoders, groups.map(lambda i: (i, i)))
     examples = examples.map(lambda pos, idx, ex: ex)
   else:
     split = tfds.split_for_jax_process(inp.eval_split, process_index=index, process_count=count,
