@@ -6,7 +6,8 @@ r"""Throughput benchmark of a recipe: student step, teacher forward, distillatio
 Prints images/s (global batch over wall time, after compilation) for
   student_step     the train step with the CE term only (no teacher),
   teacher_forward  the frozen teacher's inference forward pass with the recipe's taps,
-  distill_step     the recipe's full train step (teacher + student + every loss term),
+  distill_step     the recipe's full train step (teacher + student + every loss term; with
+                   --config.teacher.cache=DIR the teacher logits come from that cache),
   input_pipeline   this process's TFDS input pipeline alone (host side, no device work; its
                    reader, random_access or sequential, as `input_reader`; --input_only
                    measures only this and the bytes below),
@@ -94,11 +95,14 @@ def benchmark(config, steps=20, input_only=False, *, torch_threads=None, rounds=
 
   # The input pipeline alone, first, on a fresh iterator: 2 warm-up batches, then enough
   # batches that the prefetch buffer cannot hide the work.
+  store = train.open_teacher_cache(setup)  # teacher.cache: the step reads recorded logits
+
   def pipeline():
     return input_pipeline.train_batches(config, setup.data.builder, start_step=0,
                                         local_batch_size=local_batch,
                                         steps_per_epoch=setup.data.steps_per_epoch,
-                                        unlabeled_builder=setup.data.unlabeled_builder)
+                                        unlabeled_builder=setup.data.unlabeled_builder,
+                                        teacher_cache=store)
   batches = pipeline()
   for _ in range(2):
     next(batches)

@@ -7,9 +7,10 @@ r"""The teacher-output cache: record the frozen teacher's logits once, train wit
 After FKD (Shen and Xing, "A Fast Knowledge Distillation Framework for Visual Recognition",
 ECCV 2022). For every training example the cache holds K views (`teacher.cache_views`) and the
 teacher's logits for each: view v of example i is the crop window and flip that the recipe's
-train op (`input.train_augment`) draws from the seed (`view_seed`), recorded as int32
-(top, left, height, width, flip). Training then gives example i, in epoch e, the view
-`choose_views(seed, e, i, K)` (a pure function of them, so a resumed run sees the same views),
+train op (`input.train_augment`) draws from a seed of its own (`view_seed`; not the run's, so
+runs with any seed share a cache), recorded as int32 (top, left, height, width, flip). Training
+then gives example i, in epoch e, the view `choose_views(seed, e, i, K)` (a pure function of the
+run's seed, e and i, so a resumed run sees the same views),
 applies that recorded window to the image (`preprocess.apply_window`) and reads the recorded
 logits instead of running the teacher: the step costs about a student step.
 
@@ -53,9 +54,10 @@ log = logging.getLogger('kdjax')
 FORMAT_VERSION = 1
 INFO_FILE = 'cache_info.json'
 FILE_PREFIX = 'teacher_logits.array_record'
-# The seed pair of view v of example i is (VIEW_SEED_BASE + seed, i * K + v): a stream of its
-# own, apart from the epochs' augmentation seeds (seed * 1_000_003 + epoch, position).
-VIEW_SEED_BASE = -(1 << 40)
+# The seed pair of view v of example i is (VIEW_SEED, i * K + v): a stream of its own, apart
+# from the epochs' augmentation seeds (seed * 1_000_003 + epoch, position), and independent of
+# the run's seed, so that runs with any seed share one cache (as FKD's runs share its labels).
+VIEW_SEED = -(1 << 40)
 # Log-probabilities are stored as float16; -60 keeps exp() of the floor meaningful (1e-26).
 LOGP_FLOOR = -60.0
 
@@ -134,9 +136,9 @@ def log_softmax(logits):
 # --------------------------------------------------------------------------- views
 
 
-def view_seed(seed, index, view, views):
+def view_seed(index, view, views):
   """The augmentation seed (int64 [2]) of view `view` of example `index`."""
-  return np.array([VIEW_SEED_BASE + seed, index * views + view], np.int64)
+  return np.array([VIEW_SEED, index * views + view], np.int64)
 
 
 def choose_views(seed: int, epoch: int, indices, views: int) -> np.ndarray:
@@ -160,7 +162,7 @@ def _fingerprint(config, setup) -> dict:
       'crop_padding': inp.crop_padding, 'mean': list(inp.mean), 'std': list(inp.std),
       'teacher': config.teacher.model, 'teacher_dtype': config.teacher.dtype,
       'teacher_sha256': setup.networks.teacher_source.get('sha256', ''),
-      'num_classes': setup.data.info.num_classes, 'seed': config.seed}
+      'num_classes': setup.data.info.num_classes}
 
 
 class Store:
@@ -267,7 +269,7 @@ def build(config, setup=None, mesh=None, *, batch_size=None) -> str:
                                  crop_padding=inp.crop_padding)
   apply = preprocess.apply_window(inp.train_augment, image_size=inp.image_size,
                                   crop_padding=inp.crop_padding)
-  base = tf.constant(VIEW_SEED_BASE + config.seed, tf.int64)
+  base = tf.constant(VIEW_SEED, tf.int64)
 
   def example_views(position, idx, example):
     del position

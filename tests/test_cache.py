@@ -13,6 +13,7 @@ from kdjax import cache
 from kdjax import train
 from kdjax.data import input_pipeline
 from kdjax.data import on_device
+from kdjax.data import preprocess
 from kdjax.errors import KdjaxError
 from kdjax.quickstart import load_recipe
 
@@ -86,13 +87,22 @@ def test_view_choice_is_a_pure_uniform_draw_per_epoch():
 
 
 def test_cache_info_describes_the_run(made):
-  config, _, store = made
+  config, setup, store = made
   with open(os.path.join(config.teacher.cache, cache.INFO_FILE)) as f:
     info = json.load(f)
   assert info['views'] == VIEWS and info['num_examples'] == 1200 and info['top_k'] == 0
   assert info['train_augment'] == 'crop' and info['teacher'] == 'digits_cnn'
   assert len(info['teacher_sha256']) == 64
   windows, _ = store.rows(np.arange(1200), np.zeros(1200, np.int64))
+  # Each recorded window is the one the train op draws from that view's seed.
+  draw = preprocess.train_window('crop', image_size=8, crop_padding=1)
+  source = input_pipeline.record_source(setup.data.builder, 'train')
+  features = setup.data.builder.info.features
+  for i in (0, 17, 1199):
+    image = features.deserialize_example(source(np.array([i]))[0])['image']
+    for v in range(VIEWS):
+      recorded, _ = store.rows(np.array([i]), np.array([v]))
+      np.testing.assert_array_equal(recorded[0], draw(image, cache.view_seed(i, v, VIEWS)))
   assert set(windows[:, 0]) == {0, 1, 2} and set(windows[:, 1]) == {0, 1, 2}  # pad 1 shifts
   assert (windows[:, 2:4] == 8).all() and (windows[:, 4] == 0).all()  # 8x8 crops, no flip
 
