@@ -367,3 +367,22 @@ def test_unknown_model_is_a_kdjax_error():
 def test_bad_num_classes_is_a_kdjax_error():
   with pytest.raises(KdjaxError):
     get_model('resnet18', num_classes=0)
+
+
+@pytest.mark.parametrize('shape, window, stride, padding', [
+    ((2, 9, 11, 3), 3, 2, 1),   # the ResNet stem's pool, odd sizes
+    ((2, 8, 8, 4), 2, 2, 0),    # VGG's
+    ((1, 7, 7, 2), 3, 1, 1)])
+def test_max_pool_equals_flax_and_routes_ties_to_the_first_maximum(shape, window, stride,
+                                                                   padding):
+  from kdjax import layers  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(0)
+  x = jnp.maximum(jnp.asarray(rng.randn(*shape), jnp.float32), 0.0)  # ReLU zeros: ties
+  native = lambda x: nn.max_pool(x, (window,) * 2, strides=(stride,) * 2,
+                                 padding=((padding, padding),) * 2)
+  mine = lambda x: layers.max_pool(x, window, stride, padding)
+  np.testing.assert_array_equal(mine(x), native(x))
+  g = jnp.asarray(rng.randn(*native(x).shape), jnp.float32)
+  # JAX's own gradient routes each output to its first maximum, as PyTorch's kernels do
+  # (checked against torch.nn.functional.max_pool2d on these inputs).
+  np.testing.assert_allclose(jax.vjp(mine, x)[1](g)[0], jax.vjp(native, x)[1](g)[0], atol=1e-6)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from kdjax.layers import batch_norm
 from kdjax.layers import classifier
 from kdjax.layers import conv
+from kdjax.layers import max_pool
 from kdjax.models.common import global_pool
 
 
@@ -138,7 +139,7 @@ class ResNet(nn.Module):
     x = conv(64, 7, 2, 3, 'conv1', self.dtype)(x)
     x = nn.relu(batch_norm(train, 'bn1', self.dtype)(x))
     self.sow('intermediates', 'stem', x)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = max_pool(x, 3, 2, 1)
     for i, n in enumerate(self.stage_sizes):
       x = Stage(
           self.block,

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from kdjax.layers import batch_norm
 from kdjax.layers import check_input
 from kdjax.layers import conv_kernel_init
+from kdjax.layers import max_pool
 from kdjax.layers import torch_conv
 from kdjax.layers import torch_dense
 from kdjax.models.common import global_pool
@@ -72,7 +73,7 @@ class VGG(nn.Module):
       x = nn.relu(VGGBlock(tuple(widths), self.dtype, name=f'block{i}')(x, train))
       self.sow('intermediates', f'block{i}_relu', x)
       if i < 3 or (i == 3 and h == 64):
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+        x = max_pool(x, 2, 2, 0)
     x = global_pool(self, x)
     x = torch_dense(self.num_classes, kernel_init=nn.initializers.normal(0.01),
                     bias_init=nn.initializers.zeros, dtype=self.dtype, name='classifier')(x)
