@@ -2,6 +2,12 @@
 the bytes one device holds of the teacher and of the train state."""
 
 import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
 
 from kdjax import bench
 from kdjax.quickstart import load_recipe
@@ -20,3 +26,51 @@ def test_benchmark_reports_every_throughput(digits_data_dir):
   table = bench.format_table(results)
   assert 'distillation step' in table and 'images/s' in table
   assert 'teacher variables' in table and 'MiB per device' in table
+
+
+def test_measure_alternates_and_reports_ratios_and_load():
+  calls = []
+
+  class FakeReference:
+    process = type('P', (), {'pid': os.getpid()})()
+
+    def timer(self, kind, steps):
+      return lambda: calls.append(('torch', kind, steps)) or 0.5
+
+  timers = {'student_step': lambda: calls.append(('kdjax', 'student_step')) or 0.25,
+            'teacher_forward': lambda: calls.append(('kdjax', 'teacher_forward')) or 0.1,
+            'distill_step': lambda: calls.append(('kdjax', 'distill_step')) or 0.4}
+  out = bench.measure(timers, FakeReference(), batch_size=32, rounds=2, steps=3)
+  # Each round times kdjax then PyTorch on every kind, in order.
+  assert calls[:2] == [('kdjax', 'student_step'), ('torch', 'student_step', 3)]
+  assert len(calls) == 12
+  assert out['student_step'] == 128 and out['torch_student_step'] == 64
+  assert out['ratio_student_step'] == 2.0
+  assert math.isclose(out['distill_over_sum'], 0.4 / 0.35)
+  assert out['other_load'] >= 0 and out['rounds'] == 2
+  table = bench.format_table({'devices': 1, 'device_kind': 'cpu', 'config_batch_size': 32,
+                              'steps': 3, 'torch_version': 'x', 'torch_threads': 2, **out})
+  assert '2.00x' in table and 'PyTorch' in table
+
+
+def test_other_load_sees_a_busy_process():
+  busy = subprocess.Popen([sys.executable, '-c', 'while True: pass'])
+  try:
+    time.sleep(0.5)
+    _, load = bench.other_load(lambda: time.sleep(1.0), [])
+  finally:
+    busy.kill()
+  assert load > 0.5  # the spinning process kept about one core busy
+
+
+def test_torch_reference_step_runs(tmp_path):
+  pytest.importorskip('torch')
+  pytest.importorskip('torchvision')
+  script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(bench.__file__))),
+                        'benchmarks', 'torch_reference.py')
+  proc = subprocess.run([sys.executable, script, '--student=resnet18', '--teacher=resnet18',
+                         '--num_classes=10', '--batch=2', '--image_size=32', '--steps=1',
+                         '--threads=1'], capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  for kind in ('student_step', 'teacher_forward', 'distill_step'):
+    assert kind in proc.stdout
