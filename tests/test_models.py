@@ -380,9 +380,26 @@ def test_max_pool_equals_flax_and_routes_ties_to_the_first_maximum(shape, window
   x = jnp.maximum(jnp.asarray(rng.randn(*shape), jnp.float32), 0.0)  # ReLU zeros: ties
   native = lambda x: nn.max_pool(x, (window,) * 2, strides=(stride,) * 2,
                                  padding=((padding, padding),) * 2)
-  mine = lambda x: layers.max_pool(x, window, stride, padding)
+  mine = jax.jit(lambda x: layers.max_pool(x, window, stride, padding))
   np.testing.assert_array_equal(mine(x), native(x))
   g = jnp.asarray(rng.randn(*native(x).shape), jnp.float32)
   # JAX's own gradient routes each output to its first maximum, as PyTorch's kernels do
   # (checked against torch.nn.functional.max_pool2d on these inputs).
   np.testing.assert_allclose(jax.vjp(mine, x)[1](g)[0], jax.vjp(native, x)[1](g)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize('size', [7, 8])
+def test_strided_1x1_conv_subsamples_with_the_same_parameters_and_values(size):
+  from kdjax import layers  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(np.random.RandomState(1).randn(2, size, size, 3), jnp.float32)
+  strided = nn.Conv(4, (1, 1), strides=(2, 2), padding=((0, 0), (0, 0)), use_bias=False)
+
+  class Wrap(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return layers.torch_conv(4, 1, strides=2, use_bias=False, name='c')(x)
+  variables = Wrap().init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, variables) == {'params': {'c': {'kernel': (1, 1, 3, 4)}}}
+  want = strided.apply({'params': variables['params']['c']}, x)
+  assert want.shape == (2, (size + 1) // 2, (size + 1) // 2, 4)
+  np.testing.assert_allclose(Wrap().apply(variables, x), want, rtol=1e-6, atol=1e-6)
