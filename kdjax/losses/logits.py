@@ -610,22 +610,26 @@ def ofa(student_logits, teacher_logits, labels, *, temperature, eps):
   return _masked_mean(per_sample, valid)
 
 
-def _kd_per_temperature(s, t, temperature, standardize_logits):
-  """``tau^2 mean_b KL(p_t^tau || p_s^tau)`` (mdistiller's ``kd_loss``), optionally on
-  standardized logits (the z-score before the temperature)."""
-  if standardize_logits:
-    s, t = standardize(s), standardize(t)
-  per_sample = _kl_per_sample(jax.nn.log_softmax(t / temperature, axis=-1),
-                              jax.nn.log_softmax(s / temperature, axis=-1))
-  return temperature**2 * jnp.mean(per_sample)
+def _kd_at_temperatures(s, t, temperatures):
+  """``[tau^2 mean_b KL(p_t^tau || p_s^tau) for tau in temperatures]`` (mdistiller's
+  ``kd_loss`` at each temperature), float32 ``[len(temperatures)]``."""
+  def one(tau):
+    per_sample = _kl_per_sample(jax.nn.log_softmax(t / tau, axis=-1),
+                                jax.nn.log_softmax(s / tau, axis=-1))
+    return tau**2 * jnp.mean(per_sample)
+  return jax.vmap(one)(temperatures)
 
 
-def _gram_gap(p_s, p_t, contract):
-  """``sum((G_t - G_s)^2)`` for the Gram matrices of the probabilities over axis ``contract``
-  (0: class-by-class ``P^T P``, 1: example-by-example ``P P^T``)."""
-  dims = (((contract,), (contract,)), ((), ()))
-  gram = lambda p: jax.lax.dot_general(p, p, dims, precision=jax.lax.Precision.HIGHEST)
-  return jnp.sum(jnp.square(gram(p_t) - gram(p_s)))
+def _gram_gaps(s, t, temperatures):
+  """Per temperature, ``(sum((G_t - G_s)^2) over the class-by-class Gram matrices P^T P,
+  the same over the example-by-example P P^T)`` with ``P = softmax(z / tau)``, float32
+  ``[len(temperatures)]`` each."""
+  gram = lambda p, axis: jax.lax.dot_general(p, p, (((axis,), (axis,)), ((), ())),
+                                             precision=jax.lax.Precision.HIGHEST)
+  def one(tau):
+    p_s, p_t = jax.nn.softmax(s / tau, axis=-1), jax.nn.softmax(t / tau, axis=-1)
+    return tuple(jnp.sum(jnp.square(gram(p_t, axis) - gram(p_s, axis))) for axis in (0, 1))
+  return jax.vmap(one)(temperatures)
 
 
 def _below_median_share(x):
@@ -645,18 +649,15 @@ def mlkd_parts(student_weak, teacher_weak, student_strong, teacher_strong, *, te
   p_tw = jax.nn.softmax(tw, axis=-1)
   row_share = _below_median_share(jnp.max(p_tw, axis=-1))      # instance / batch mask
   class_share = _below_median_share(jnp.sum(p_tw, axis=0))     # class mask
-  taus = (temperature,) + MLKD_TEMPERATURES
-  kd = lambda s, t, tau: _kd_per_temperature(s, t, tau, standardize)
-  instance_weak = row_share * sum(kd(sw, tw, tau) for tau in taus)
-  instance_strong = (sum(kd(ss, ts, tau) for tau in taus[:3]) +
-                     sum(kd(sw, tw, tau) for tau in taus[3:]))
-  class_sum = batch_sum = 0.0
-  for tau in taus:
-    p_s, p_t = jax.nn.softmax(sw / tau, axis=-1), jax.nn.softmax(tw / tau, axis=-1)
-    class_sum += _gram_gap(p_s, p_t, 0) / num_classes
-    batch_sum += _gram_gap(p_s, p_t, 1) / batch
-  return {"instance_weak": instance_weak, "instance_strong": instance_strong,
-          "class": class_share * class_sum, "batch": row_share * batch_sum}
+  taus = jnp.asarray((temperature,) + MLKD_TEMPERATURES, jnp.float32)
+  z = globals()["standardize"] if standardize else (lambda x: x)
+  kd_weak = _kd_at_temperatures(z(sw), z(tw), taus)            # [5]
+  kd_strong = _kd_at_temperatures(z(ss), z(ts), taus[:3])      # [3]
+  class_gaps, batch_gaps = _gram_gaps(sw, tw, taus)            # [5] each, raw logits
+  return {"instance_weak": row_share * jnp.sum(kd_weak),
+          "instance_strong": jnp.sum(kd_strong) + jnp.sum(kd_weak[3:]),
+          "class": class_share * jnp.sum(class_gaps) / num_classes,
+          "batch": row_share * jnp.sum(batch_gaps) / batch}
 
 
 def mlkd(student_weak, teacher_weak, student_strong, teacher_strong, *, temperature,
