@@ -181,3 +181,85 @@ def test_numerics_large_gaps_bf16_and_batch_of_one():
   assert np.isfinite(value) and np.isfinite(np.asarray(grads)).all()
   # One row: its confidence is the median (share 1).
   close(parts[0], sum(kd64(one[0], one[1], tau) for tau in (4, 3, 5, 2, 6)), rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- the strong view
+
+
+def _digits_config(data_dir, strong_augment='fixmatch', **losses_):
+  from kdjax.quickstart import load_recipe  # pylint: disable=g-import-not-at-top
+  config = load_recipe()
+  with config.unlocked():
+    config.data_dir = data_dir
+    config.input.num_labeled = 0
+    config.input.shuffle_buffer = 64
+    config.batch_size = 16
+    config.input.strong_augment = strong_augment
+    config.losses = losses_ or dict(
+        ce=dict(weight=0.1), ce_strong=dict(method='ce', view='strong', weight=0.1),
+        mlkd=dict(weight=0.9, group_size=16))
+  return config
+
+
+def _first_batches(config, builder, start_step=0, n=1):
+  from kdjax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  import itertools  # pylint: disable=g-import-not-at-top
+  return list(itertools.islice(input_pipeline.train_batches(
+      config, builder, start_step=start_step, local_batch_size=config.batch_size,
+      steps_per_epoch=input_pipeline.steps_per_epoch(
+          config, input_pipeline.dataset_info(config, builder))), n))
+
+
+def test_strong_view_is_deterministic_and_differs_from_the_main_view(digits_data_dir):
+  from kdjax.data import input_pipeline  # pylint: disable=g-import-not-at-top
+  config = _digits_config(digits_data_dir)
+  builder = input_pipeline.get_builder(config)
+  first, second = _first_batches(config, builder, n=2)
+  again = _first_batches(config, builder, start_step=1)[0]  # resumed at step 1
+  assert first['image_strong'].shape == first['image'].shape
+  assert first['image_strong'].dtype == np.uint8
+  for key in second:
+    np.testing.assert_array_equal(again[key], second[key])
+  # Another view of the same examples: most pixels differ, the labels are the same rows.
+  assert np.mean(first['image_strong'] != first['image']) > 0.3
+  # Turning the strong view on leaves the main view and everything else as it was.
+  with config.unlocked():
+    config.input.strong_augment = ''
+  plain = _first_batches(config, builder)[0]
+  assert set(first) - set(plain) == {'image_strong'}
+  for key in plain:
+    np.testing.assert_array_equal(first[key], plain[key])
+
+
+def test_fixmatch_augment_is_a_pure_function_of_the_seed():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from kdjax.data import augment  # pylint: disable=g-import-not-at-top
+  image = tf.constant(np.random.default_rng(0).integers(0, 256, (16, 16, 3)), tf.float32)
+  outs = [augment.fixmatch_augment(image, tf.constant(s, tf.int64)).numpy()
+          for s in ([1, 2], [1, 2], [3, 4])]
+  np.testing.assert_array_equal(outs[0], outs[1])
+  assert not np.array_equal(outs[0], outs[2])
+  for out in outs:
+    assert out.shape == (16, 16, 3) and out.min() >= 0 and out.max() <= 255
+    assert np.array_equal(out, np.round(out))
+  # Cutout alone: one axis-aligned box of the fill, the rest untouched.
+  cut = augment.cutout(image, tf.constant([5, 6], tf.int64)).numpy()
+  box = np.all(cut == np.array(augment.FIXMATCH_CUTOUT_FILL), axis=-1)
+  rows, cols = np.nonzero(box)
+  assert box.sum() == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1) > 0
+  np.testing.assert_array_equal(cut[~box], image.numpy()[~box])
+
+
+def test_strong_view_errors(digits_data_dir):
+  from kdjax import train  # pylint: disable=g-import-not-at-top
+  with pytest.raises(KdjaxError, match='input.strong_augment'):
+    train.build(_digits_config(digits_data_dir, strong_augment=''))
+  with pytest.raises(KdjaxError, match="input.strong_augment='autoaugment'"):
+    train.build(_digits_config(digits_data_dir, strong_augment='autoaugment'))
+  config = _digits_config(digits_data_dir)
+  with config.unlocked():
+    config.mixup.update(mixup_alpha=0.8, prob=1.0)
+  with pytest.raises(KdjaxError, match='mixup.prob=0'):
+    train.build(config)
+  with pytest.raises(KdjaxError, match="unknown view 'weak'"):
+    methods.build_terms({'ce': dict(weight=1.0, view='weak')})
