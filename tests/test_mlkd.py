@@ -263,3 +263,29 @@ def test_strong_view_errors(digits_data_dir):
     train.build(config)
   with pytest.raises(KdjaxError, match="unknown view 'weak'"):
     methods.build_terms({'ce': dict(weight=1.0, view='weak')})
+
+
+@pytest.mark.slow
+def test_eight_devices_give_the_same_steps_as_one_with_two_views(digits_data_dir):
+  """CE on both views + MLKD over groups of 16 (each spanning two of the 8 devices' rows),
+  BatchNorm statistics over both views' forwards: the same losses and variables as 1 device."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import conftest  # pylint: disable=g-import-not-at-top
+  env = conftest.cli_env()
+  env['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
+  out = subprocess.run([sys.executable, os.path.join(conftest.ROOT, 'tests', 'sharding_check.py'),
+                        digits_data_dir, 'mlkd'], env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result['num_devices'] == 8
+  for one, many in zip(result['one'], result['many'], strict=True):
+    assert {'loss/ce', 'loss/ce_strong', 'loss/mlkd'} <= set(one) and one.keys() == many.keys()
+    for key in one:
+      np.testing.assert_allclose(many[key], one[key], rtol=2e-5, err_msg=key)
+  assert result['max_abs_variable_diff'] < 1e-5
+  assert result['replicas_agree']
+
