@@ -183,6 +183,20 @@ def test_numerics_large_gaps_bf16_and_batch_of_one():
   close(parts[0], sum(kd64(one[0], one[1], tau) for tau in (4, 3, 5, 2, 6)), rtol=1e-5)
 
 
+def test_gradients_match_finite_differences():
+  sw, tw, ss, ts = FOUR
+  rng = np.random.default_rng(1)
+  value, grads, _ = evaluate(*FOUR, 4.0)
+  for _ in range(3):
+    dw, ds = rng.normal(size=(2, 4, 5)).astype(np.float32)
+    h = 1e-2
+    plus = evaluate(sw + h * dw, tw, ss + h * ds, ts, 4.0)[0]
+    minus = evaluate(sw - h * dw, tw, ss - h * ds, ts, 4.0)[0]
+    want = np.sum(np.asarray(grads[0]) * dw) + np.sum(np.asarray(grads[2]) * ds)
+    np.testing.assert_allclose((float(plus) - float(minus)) / (2 * h), want, rtol=1e-2,
+                               atol=1e-3)
+
+
 # --------------------------------------------------------------------------- the strong view
 
 
@@ -288,4 +302,5 @@ def test_eight_devices_give_the_same_steps_as_one_with_two_views(digits_data_dir
       np.testing.assert_allclose(many[key], one[key], rtol=2e-5, err_msg=key)
   assert result['max_abs_variable_diff'] < 1e-5
   assert result['replicas_agree']
+
 
