@@ -4,8 +4,8 @@ Run by tests/test_train.py in a subprocess with XLA_FLAGS=--xla_force_host_platf
 (the flag must be set before JAX starts). Usage: python tests/sharding_check.py DATA_DIR [MODE]
 With `crd`, the objective is CE + CRD and the output also says whether every device holds the
 same memory banks. With `mlkd`, every example has a strong view too (input.strong_augment) and
-the objective is CE on both views + MLKD over groups of 16. With `aug`, the student is a tiny ViT with stochastic depth, trained with
-Mixup / CutMix and an EMA of its weights (compared too). With `shard`, the run on every device
+the objective is CE on both views + MLKD over groups of 16. With `aug`, the student is a tiny
+ViT with stochastic depth, trained with Mixup / CutMix and an EMA of its weights (compared too). With `shard`, the run on every device
 shards the teacher and the train state (teacher.shard, student.shard; every array with a
 dimension that divides by the device count, however small) and keeps an EMA; the output also
 lists the sharded arrays, and says whether a checkpoint of the sharded state restores into a
