@@ -216,6 +216,8 @@ def check_config(config, terms):
     reason = 'RandAugment cannot be replayed from a recorded crop (input.randaugment)'
   elif inp.random_erasing > 0:
     reason = 'random erasing happens after the recorded view (input.random_erasing)'
+  elif inp.get('strong_augment'):
+    reason = 'the cache records one view per draw, not the strong view (input.strong_augment)'
   elif inp.unlabeled.fraction > 0:
     reason = 'the cache covers the train split only, not input.unlabeled'
   elif config.teacher.cache_views < 1:

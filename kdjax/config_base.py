@@ -36,6 +36,11 @@ def base_config():
       # normalisation; then random erasing (timm's mode 'pixel') with this probability, 0 = off.
       randaugment='',
       random_erasing=0.0,
+      # A second, strongly augmented view of every training image, batch key 'image_strong'
+      # (MLKD): its own train_augment crop, then 'fixmatch' (FixMatch's RandAugment + Cutout, as
+      # MLKD's data code) or a timm RandAugment string; '' = none. Terms read its taps as
+      # '<tap>@strong' (docs/design.md#two-views).
+      strong_augment='',
       # Per channel, on [0, 1] pixels; () (folder: datasets only) = computed over the training
       # images when the folder is converted, and written into the run's config.
       mean=(0.5,), std=(0.5,),

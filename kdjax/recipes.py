@@ -131,6 +131,19 @@ def cifar_pair(arg, method, *, teacher, student, **hparams):
   return c
 
 
+def mlkd_terms(c, arg, *, ce_weight, kd_weight, temperature, standardize=False):
+  """MLKD's objective (`mdistiller/distillers/KD_ours.py` of Jin-Ying/Multi-Level-Logit-
+  Distillation): ce_weight * (CE(weak) + CE(strong)) + kd_weight * MLKD(T), MLKD over groups of
+  the reference's per-GPU batch (64; the whole batch of 8 in `smoke`), and the strong view made
+  as its data code makes it (FixMatch's RandAugment + Cutout on its own crop)."""
+  c.input.strong_augment = 'fixmatch'
+  c.losses.ce = dict(weight=ce_weight)
+  c.losses.ce_strong = dict(method='ce', view='strong', weight=ce_weight)
+  c.losses.mlkd = dict(weight=kd_weight, temperature=temperature, standardize=standardize,
+                       group_size=8 if arg == 'smoke' else 64)
+  return c
+
+
 def digits(arg, *, allowed=('smoke',)):
   """The embedded 8x8 digits (1,200 train / 597 held-out): Adam 1e-3, batch 64, 1,500 steps."""
   arg = config_base.parse_arg(arg, allowed=allowed)

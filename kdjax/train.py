@@ -334,7 +334,8 @@ class Setup:
 # and random erasing's noise fold it once more with their own tag (_STEP_TAGS), stochastic
 # depth then with the network's index in name order.
 _STREAM_TAGS = {'connectors': 1 << 20, 'step': 1 << 21}
-_STEP_TAGS = {'mixup': 1 << 22, 'drop_path': 1 << 23, 'erasing': 1 << 24}
+_STEP_TAGS = {'mixup': 1 << 22, 'drop_path': 1 << 23, 'erasing': 1 << 24,
+              'drop_path_strong': 1 << 25}
 
 
 def rng_stream(seed, name):
@@ -382,6 +383,20 @@ def _check_config(config):
     raise KdjaxError(f"export must be one of {', '.join(methods.TRAINABLE)}, got "
                      f"'{config.export}'")
   _check_vit_recipe(config)
+
+
+def _check_views(config, terms):
+  """A term that reads the strong view needs it made, and unmixed (docs/design.md#two-views)."""
+  if not methods.reads_strong_view(terms):
+    return
+  names = [t.name for t in terms if any(methods.STRONG in tap for taps in t.reads.values()
+                                        for tap in taps)]
+  if not config.input.get('strong_augment'):
+    raise KdjaxError(f'losses.{names[0]} reads the strong view, which input.strong_augment makes; '
+                     "set --config.input.strong_augment=fixmatch (MLKD's) or a timm RandAugment")
+  if mixup_lib.enabled(config.mixup):
+    raise KdjaxError(f'losses.{names[0]} reads the strong view, which Mixup / CutMix would not '
+                     'mix; set --config.mixup.prob=0')
 
 
 def _check_vit_recipe(config):
@@ -528,6 +543,7 @@ def build(config) -> Setup:
   """Validates the config against data, models, taps and the teacher. Writes nothing."""
   _check_config(config)
   terms = methods.build_terms(config.losses, batch_size=config.batch_size)
+  _check_views(config, terms)
   if config.teacher.get('cache'):
     cache.check_config(config, terms)
   data = build_data(config)
@@ -716,6 +732,8 @@ def make_train_step(setup: Setup):
   num_processes = jax.process_count()
   local_labeled, local_unlabeled = input_pipeline.batch_split(
       config, config.batch_size // num_processes, num_processes)
+  strong_view = methods.reads_strong_view(objective.terms)
+  with_suffix = lambda out: {tap + methods.STRONG: v for tap, v in out.items()}
 
   def step(state, teacher_variables, batch):
     if local_unlabeled and num_processes > 1:
@@ -724,7 +742,7 @@ def make_train_step(setup: Setup):
     # Any process asked to stop (SIGTERM, Ctrl-C): every process learns it from this step.
     stop = jnp.max(batch['stop']) if 'stop' in batch else jnp.zeros((), jnp.int32)
     side = {k: v for k, v in batch.items()  # CRD's index
-            if k not in ('image', 'stop', 'erase', 'teacher_logits')}
+            if k not in ('image', 'stop', 'erase', 'teacher_logits', 'image_strong')}
     epoch = state.step // spe + 1  # 1-based, constant within an epoch (warm-ups)
     step_rng = jax.random.fold_in(rng_stream(seed, 'step'), state.step)
     # The uint8 images from the host, normalised here; random erasing fills the host's boxes.
@@ -734,16 +752,27 @@ def make_train_step(setup: Setup):
     # Mixup / CutMix before any forward: the teacher sees the images the student sees.
     images, labels, targets = mix_batch(config, setup.data.info.num_classes, images, labels,
                                         step_rng)
+    # The strong view (input.strong_augment): every network runs on it too, its taps named
+    # '<tap>@strong' (docs/design.md#two-views).
+    strong = strong_view and on_device.normalize(batch['image_strong'], config.input.mean,
+                                                 config.input.std)
     teacher = {}
     if 'teacher_logits' in batch:  # teacher.cache: recorded for this view, no teacher forward
       teacher = {'teacher': {'logits': batch['teacher_logits'].astype(jnp.float32)}}
     elif networks.teacher is not None:
       teacher = {'teacher': teacher_forward(networks.teacher, teacher_variables, images,
                                             networks.taps['teacher'])}
+      if strong_view:
+        teacher['teacher'].update(with_suffix(teacher_forward(
+            networks.teacher, teacher_variables, strong, networks.taps['teacher'])))
 
     def loss_fn(params):
       outputs, new_stats = trainable_forward(networks, params, state.batch_stats, images,
                                              step_key(step_rng, 'drop_path'))
+      if strong_view:  # After the main view, as the reference's two forwards (BatchNorm stats).
+        more, new_stats = trainable_forward(networks, params, new_stats, strong,
+                                            step_key(step_rng, 'drop_path_strong'))
+        outputs = {n: {**outputs[n], **with_suffix(more[n])} for n in outputs}
       outputs = {**outputs, **teacher}
       connected = {}
       if objective.connectors:

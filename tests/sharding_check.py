@@ -3,8 +3,9 @@
 Run by tests/test_train.py in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8
 (the flag must be set before JAX starts). Usage: python tests/sharding_check.py DATA_DIR [MODE]
 With `crd`, the objective is CE + CRD and the output also says whether every device holds the
-same memory banks. With `aug`, the student is a tiny ViT with stochastic depth, trained with
-Mixup / CutMix and an EMA of its weights (compared too). With `shard`, the run on every device
+same memory banks. With `mlkd`, every example has a strong view too (input.strong_augment) and
+the objective is CE on both views + MLKD over groups of 16. With `aug`, the student is a tiny
+ViT with stochastic depth, trained with Mixup / CutMix and an EMA of its weights (compared too). With `shard`, the run on every device
 shards the teacher and the train state (teacher.shard, student.shard; every array with a
 dimension that divides by the device count, however small) and keeps an EMA; the output also
 lists the sharded arrays, and says whether a checkpoint of the sharded state restores into a
@@ -98,6 +99,11 @@ def main(data_dir, mode=''):
       config.mixup.update(mixup_alpha=0.8, cutmix_alpha=1.0, prob=0.9)
       config.ema.decay = 0.9
       config.optimizer.clip_grad_norm = 1.0
+    if mode == 'mlkd':  # Two views; MLKD's groups of 16 span two of the 8 devices' rows.
+      config.input.strong_augment = 'fixmatch'
+      config.losses = dict(ce=dict(weight=0.1), ce_strong=dict(method='ce', view='strong',
+                                                               weight=0.1),
+                           mlkd=dict(weight=0.9, temperature=4.0, group_size=16))
     if mode == 'crd':
       config.losses = dict(ce=dict(weight=1.0), crd=dict(weight=0.8, num_negatives=256))
       config.input.add_index = True

@@ -165,6 +165,7 @@ def test_a_run_reads_the_cache_and_matches_the_online_teacher(digits_data_dir, t
     ({'input.randaugment': 'rand-m9-mstd0.5'}, 'RandAugment'),
     ({'input.random_erasing': 0.25}, 'erasing'),
     ({'teacher.cache_views': 0}, 'cache_views'),
+    ({'input.strong_augment': 'fixmatch'}, 'strong'),
 ])
 def test_settings_that_cannot_be_replayed_are_refused(digits_data_dir, tmp_path, override,
                                                        message):

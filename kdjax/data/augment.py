@@ -1,4 +1,5 @@
-"""timm's RandAugment and RandomErasing (the DeiT / OFA-KD recipe) as stateless TensorFlow ops.
+"""timm's RandAugment and RandomErasing (the DeiT / OFA-KD recipe), and FixMatch's RandAugment
+with Cutout (MLKD's strong view), as stateless TensorFlow ops.
 
 The semantics are timm 1.0's (`timm/data/auto_augment.py`, `timm/data/random_erasing.py`). timm
 runs RandAugment on PIL uint8 images, so every RandAugment op here takes and returns float32
@@ -146,13 +147,15 @@ def sharpness(image, factor):
 # --- geometric ops (PIL's Image.transform(AFFINE), bilinear, constant fill) -------------------
 
 
-def _affine(image, matrix, fill):
+def _affine(image, matrix, fill, interpolation='BILINEAR'):
   """PIL's Image.transform(size, AFFINE, (a, b, c, d, e, f), BILINEAR, fillcolor=fill).
 
   Output pixel (x, y) reads the input at (a x' + b y' + c, d x' + e y' + f) where
   (x', y') = (x + 0.5, y + 0.5) (PIL puts pixel centres at +0.5), interpolating bilinearly
   with the neighbours clamped to the image; where that point lies outside the image the output
   is `fill` (float32 [C]). Values are then truncated to integers, as PIL stores uint8.
+  `interpolation='NEAREST'` reads the nearest pixel instead (PIL's default resampling, which
+  FixMatch's ops use).
   """
   a, b, c, d, e, f = [tf.cast(v, tf.float32) for v in matrix]
   height, width = tf.shape(image)[0], tf.shape(image)[1]
@@ -160,7 +163,7 @@ def _affine(image, matrix, fill):
   transform = tf.stack([a, b, c + (a + b - 1) / 2, d, e, f + (d + e - 1) / 2, 0.0, 0.0])
   moved = tf.raw_ops.ImageProjectiveTransformV3(
       images=image[None], transforms=transform[None], output_shape=tf.stack([height, width]),
-      fill_value=0.0, interpolation='BILINEAR', fill_mode='NEAREST')[0]
+      fill_value=0.0, interpolation=interpolation, fill_mode='NEAREST')[0]
   ys, xs = tf.meshgrid(tf.range(tf.cast(height, tf.float32)) + 0.5,
                        tf.range(tf.cast(width, tf.float32)) + 0.5, indexing='ij')
   x_in, y_in = a * xs + b * ys + c, d * xs + e * ys + f
@@ -368,3 +371,109 @@ def random_erasing_box(height, width, seed, *, probability, min_area=0.02, max_a
   erase = (tf.random.stateless_uniform([], seeds[4]) < probability) & tf.reduce_any(fits)
   box = tf.cast(tf.stack([top, left, h, w]), tf.int32)
   return tf.where(erase, box, tf.zeros_like(box))
+
+
+# --- FixMatch's RandAugment + Cutout (MLKD's strong view) ---------------------------------------
+
+FIXMATCH = 'fixmatch'
+# FixMatch's op list as MLKD's dataset code has it: (name, low, high); each drawn op gets a value
+# uniform in [low, high].
+FIXMATCH_OPS = (('AutoContrast', 0, 1), ('Brightness', 0.05, 0.95), ('Color', 0.05, 0.95),
+                ('Contrast', 0.05, 0.95), ('Equalize', 0, 1), ('Identity', 0, 1),
+                ('Posterize', 4, 8), ('Rotate', -30, 30), ('Sharpness', 0.05, 0.95),
+                ('ShearX', -0.3, 0.3), ('ShearY', -0.3, 0.3), ('Solarize', 0, 256),
+                ('TranslateX', -0.3, 0.3), ('TranslateY', -0.3, 0.3))
+FIXMATCH_CUTOUT_FILL = (125.0, 123.0, 114.0)
+STRONG_AUGMENT_FORM = (f"'' (off), '{FIXMATCH}' (FixMatch's RandAugment(2) + Cutout, MLKD's "
+                       f'strong view) or a timm RandAugment string, {RANDAUGMENT_FORM}')
+
+
+def _fixmatch_op(name, image, v):
+  """One FixMatch op at value `v` (PIL semantics; geometric ops nearest, filled with black)."""
+  black = tf.zeros([image.shape[-1]], tf.float32)
+  width = tf.cast(tf.shape(image)[1], tf.float32)
+  height = tf.cast(tf.shape(image)[0], tf.float32)
+  ops = {
+      'AutoContrast': lambda: auto_contrast(image),
+      'Brightness': lambda: brightness(image, v),
+      'Color': lambda: color(image, v),
+      'Contrast': lambda: contrast(image, v),
+      'Equalize': lambda: equalize(image),
+      'Identity': lambda: image,
+      'Posterize': lambda: posterize(image, tf.maximum(1, _int(v))),
+      'Rotate': lambda: _rotate_nearest(image, v, black),
+      'Sharpness': lambda: sharpness(image, v),
+      'ShearX': lambda: _affine(image, (1.0, v, 0.0, 0.0, 1.0, 0.0), black, 'NEAREST'),
+      'ShearY': lambda: _affine(image, (1.0, 0.0, 0.0, v, 1.0, 0.0), black, 'NEAREST'),
+      'Solarize': lambda: solarize(image, v),
+      'TranslateX': lambda: _affine(image, (1.0, 0.0, v * width, 0.0, 1.0, 0.0), black, 'NEAREST'),
+      'TranslateY': lambda: _affine(image, (1.0, 0.0, 0.0, 0.0, 1.0, v * height), black,
+                                    'NEAREST'),
+  }
+  return ops[name]()
+
+
+def _rotate_nearest(image, degrees, fill):
+  """PIL's Image.rotate(degrees) with its default (nearest) resampling."""
+  angle = -tf.cast(degrees, tf.float32) * (math.pi / 180.0)
+  cos, sin = tf.cos(angle), tf.sin(angle)
+  cx = tf.cast(tf.shape(image)[1], tf.float32) / 2
+  cy = tf.cast(tf.shape(image)[0], tf.float32) / 2
+  matrix = (cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy)
+  return _affine(image, matrix, fill, 'NEAREST')
+
+
+def cutout(image, seed, fill=FIXMATCH_CUTOUT_FILL):
+  """FixMatch's Cutout as MLKD's dataset code runs it: side v = U(0, 0.5) * width; a centre
+  (x, y) uniform in the image; corners x0 = int(max(0, x - v / 2)), x1 = min(W, x0 + v) (y the
+  same, with the height); PIL's rectangle fills x0..x1 and y0..y1 inclusive (float corners
+  truncated) with `fill` (its first C values; a 1-channel image gets their rounded mean)."""
+  seeds = tf.random.experimental.stateless_split(seed, 3)
+  height, width = tf.shape(image)[0], tf.shape(image)[1]
+  h_f, w_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  v = tf.random.stateless_uniform([], seeds[0], 0.0, 0.5) * w_f
+  x0 = tf.floor(tf.maximum(0.0, tf.random.stateless_uniform([], seeds[1], 0.0, w_f) - v / 2))
+  y0 = tf.floor(tf.maximum(0.0, tf.random.stateless_uniform([], seeds[2], 0.0, h_f) - v / 2))
+  x1, y1 = tf.floor(tf.minimum(w_f, x0 + v)), tf.floor(tf.minimum(h_f, y0 + v))
+  ys = tf.cast(tf.range(height), tf.float32)[:, None]
+  xs = tf.cast(tf.range(width), tf.float32)[None, :]
+  inside = (ys >= y0) & (ys <= y1) & (xs >= x0) & (xs <= x1) & (v > 0)
+  channels = image.shape[-1]
+  values = fill[:channels] if channels == 3 else (float(round(sum(fill) / len(fill))),) * channels
+  return tf.where(inside[..., None], tf.constant(values, tf.float32), image)
+
+
+def fixmatch_augment(image, seed, num_ops=2):
+  """FixMatch's RandAugment(n=2) then Cutout, as MLKD's strong view applies them: `num_ops` ops
+  drawn uniformly with replacement from FIXMATCH_OPS, each always applied at a value uniform in
+  its range; then `cutout`. `image` float32 [H, W, C] in [0, 255] (rounded first); every draw
+  comes from `seed` (int [2]). Returns the same shape, integers in [0, 255]."""
+  image = tf.clip_by_value(tf.round(image), 0.0, 255.0)
+  for layer in range(num_ops):
+    seeds = tf.random.experimental.stateless_split(
+        tf.random.experimental.stateless_fold_in(seed, layer), 2)
+    which = tf.random.stateless_uniform([], seeds[0], 0, len(FIXMATCH_OPS), dtype=tf.int32)
+    u = tf.random.stateless_uniform([], seeds[1])
+    branches = [functools.partial(_fixmatch_op, name, image, low + (high - low) * u)
+                for name, low, high in FIXMATCH_OPS]
+    image = tf.switch_case(which, branches)
+  return cutout(image, tf.random.experimental.stateless_fold_in(seed, num_ops))
+
+
+def parse_strong_augment(text, key='input.strong_augment'):
+  """input.strong_augment -> None (off), FIXMATCH, or a timm RandAugment."""
+  if not text:
+    return None
+  if text == FIXMATCH:
+    return FIXMATCH
+  if text.startswith('rand'):
+    return parse_randaugment(text, key)
+  raise KdjaxError(f"{key}='{text}' is not known; use {STRONG_AUGMENT_FORM}")
+
+
+def strong_augment(image, seed, spec, fill):
+  """The strong view's augmentation `spec` (from parse_strong_augment, not None) of a float32
+  [H, W, C] image in [0, 255]; `fill`: timm RandAugment's fill (unused by FixMatch's ops)."""
+  if spec == FIXMATCH:
+    return fixmatch_augment(image, seed)
+  return rand_augment(image, seed, spec, fill)

@@ -246,6 +246,9 @@ def check_options(config, builder, unlabeled_builder):
     if channels not in (None, 1, 3):
       raise KdjaxError(f'input.randaugment needs images with 1 or 3 channels; {builder.name} has '
                        f"{channels}: set input.randaugment=''")
+  if augment.parse_strong_augment(inp.strong_augment) and channels not in (None, 1, 3):
+    raise KdjaxError(f'input.strong_augment needs images with 1 or 3 channels; {builder.name} '
+                     f"has {channels}: set input.strong_augment=''")
   if not 0.0 <= inp.random_erasing <= 1.0:  # also rejects NaN
     raise KdjaxError(f'input.random_erasing is a probability, got {inp.random_erasing}; set a '
                      'value in [0, 1] (DeiT: 0.25, 0 = off)')

@@ -237,13 +237,20 @@ def train_transform(inp):
 
   The later stages draw from seeds folded from the example's seed (fold_in 1 and 2), so the
   crop op sees the same seed whichever stages are on.
+
+  With `strong_augment` set, the row also holds 'image_strong', uint8 [S, S, C]: a second view
+  of the same image, its own crop (fold_in 3) then the strong augmentation (fold_in 4), as
+  MLKD's data code draws a second, independent transform (docs/design.md#two-views).
   """
   crop = train_op(inp.train_augment, image_size=inp.image_size, crop_padding=inp.crop_padding)
   spec = augment.parse_randaugment(inp.randaugment) if inp.randaugment else None
   fill = augment.fill_value(inp.mean)
   erase = float(inp.random_erasing)
+  strong = augment.parse_strong_augment(inp.get('strong_augment', ''))
+  fold = tf.random.experimental.stateless_fold_in
 
   def transform(image, seed):
+    image_in = image
     image = crop(image, seed)
     if spec is not None:
       image = augment.rand_augment(image, tf.random.experimental.stateless_fold_in(seed, 1),
@@ -253,5 +260,8 @@ def train_transform(inp):
       out['erase'] = augment.random_erasing_box(
           tf.shape(image)[0], tf.shape(image)[1],
           tf.random.experimental.stateless_fold_in(seed, 2), probability=erase)
+    if strong is not None:
+      view = crop(image_in, fold(seed, 3))
+      out['image_strong'] = to_pixels(augment.strong_augment(view, fold(seed, 4), strong, fill))
     return out
   return transform

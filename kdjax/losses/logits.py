@@ -1,4 +1,4 @@
-"""Response-based (logit) distillation losses: KD, DKD, DIST, WSL, SKD, DML/SSLD, OFA.
+"""Response-based (logit) distillation losses: KD, DKD, DIST, WSL, SKD, DML/SSLD, OFA, MLKD.
 
 Every function here is pure and jit-friendly: positional arrays first, keyword-only
 hyperparameters after, and it returns a float32 scalar reduced the way the reference
@@ -37,6 +37,8 @@ __all__ = [
     "dml",
     "kd",
     "kl_divergence",
+    "mlkd",
+    "mlkd_parts",
     "ofa",
     "skd",
     "wsl",
@@ -52,6 +54,10 @@ _DIST_EPS = 1e-8
 _WSL_EPS = 1e-7
 # SKD: epsilon of the (affine-free) layer norm over classes.
 _SKD_LN_EPS = 1e-7
+# MLKD: the temperatures the reference uses besides its base temperature, in its order. The
+# strong view's instance term uses the base and the first two of them on the strong view and the
+# last two on the weak view (docs/methods.md#mlkd).
+MLKD_TEMPERATURES = (3.0, 5.0, 2.0, 6.0)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -602,3 +608,114 @@ def ofa(student_logits, teacher_logits, labels, *, temperature, eps):
   weight = jnp.power(p_t + mask, eps) - mask
   per_sample = -jnp.sum(weight * jax.nn.log_softmax(s / temperature, axis=-1), axis=-1)
   return _masked_mean(per_sample, valid)
+
+
+def _kd_at_temperatures(s, t, temperatures):
+  """``[tau^2 mean_b KL(p_t^tau || p_s^tau) for tau in temperatures]`` (mdistiller's
+  ``kd_loss`` at each temperature), float32 ``[len(temperatures)]``."""
+  def one(tau):
+    per_sample = _kl_per_sample(jax.nn.log_softmax(t / tau, axis=-1),
+                                jax.nn.log_softmax(s / tau, axis=-1))
+    return tau**2 * jnp.mean(per_sample)
+  return jax.vmap(one)(temperatures)
+
+
+def _gram_gaps(s, t, temperatures):
+  """Per temperature, ``(sum((G_t - G_s)^2) over the class-by-class Gram matrices P^T P,
+  the same over the example-by-example P P^T)`` with ``P = softmax(z / tau)``, float32
+  ``[len(temperatures)]`` each."""
+  gram = lambda p, axis: jax.lax.dot_general(p, p, (((axis,), (axis,)), ((), ())),
+                                             precision=jax.lax.Precision.HIGHEST)
+  def one(tau):
+    p_s, p_t = jax.nn.softmax(s / tau, axis=-1), jax.nn.softmax(t / tau, axis=-1)
+    return tuple(jnp.sum(jnp.square(gram(p_t, axis) - gram(p_s, axis))) for axis in (0, 1))
+  return jax.vmap(one)(temperatures)
+
+
+def _below_median_share(x):
+  """The share of the entries of ``x`` that are ``<=`` its median (numpy's 50th percentile,
+  linear interpolation): MLKD's confidence masks, reduced as the reference reduces them."""
+  return jnp.mean((x <= jnp.median(x)).astype(jnp.float32))
+
+
+def mlkd_parts(student_weak, teacher_weak, student_strong, teacher_strong, *, temperature,
+               standardize=False):
+  r"""The four summed parts of MLKD (see ``mlkd``): ``{'instance_weak', 'instance_strong',
+  'class', 'batch'}``, float32 scalars; ``mlkd`` is their sum."""
+  sw, tw, ss, ts = as_f32(student_weak, teacher_weak, student_strong, teacher_strong)
+  batch, num_classes = _check_logits(("student_weak", sw), ("teacher_weak", tw),
+                                     ("student_strong", ss), ("teacher_strong", ts))
+  tw, ts = jax.lax.stop_gradient(tw), jax.lax.stop_gradient(ts)
+  p_tw = jax.nn.softmax(tw, axis=-1)
+  row_share = _below_median_share(jnp.max(p_tw, axis=-1))      # instance / batch mask
+  class_share = _below_median_share(jnp.sum(p_tw, axis=0))     # class mask
+  taus = jnp.asarray((temperature,) + MLKD_TEMPERATURES, jnp.float32)
+  z = globals()["standardize"] if standardize else (lambda x: x)
+  kd_weak = _kd_at_temperatures(z(sw), z(tw), taus)            # [5]
+  kd_strong = _kd_at_temperatures(z(ss), z(ts), taus[:3])      # [3]
+  class_gaps, batch_gaps = _gram_gaps(sw, tw, taus)            # [5] each, raw logits
+  return {"instance_weak": row_share * jnp.sum(kd_weak),
+          "instance_strong": jnp.sum(kd_strong) + jnp.sum(kd_weak[3:]),
+          "class": class_share * jnp.sum(class_gaps) / num_classes,
+          "batch": row_share * jnp.sum(batch_gaps) / batch}
+
+
+def mlkd(student_weak, teacher_weak, student_strong, teacher_strong, *, temperature,
+         standardize=False):
+  r"""Multi-Level Logit Distillation: instance-, class- and batch-level alignment over five
+  temperatures, on a weak and a strong augmentation of the same images.
+
+  With ``T = {tau, 3, 5, 2, 6}`` (``tau`` the base temperature), ``w``/``a`` the weak and strong
+  views, ``p^T = softmax(z / T)`` and
+  ``KD_T(s, t) = T^2 mean_b KL(p_t^T[b] || p_s^T[b])``:
+
+  .. math::
+    c_b = \max_k \mathrm{softmax}(z_t^w)[b,k], \quad
+    \bar c_k = \sum_b \mathrm{softmax}(z_t^w)[b,k], \quad
+    m_B = \mathrm{mean}_b [c_b \le \mathrm{median}(c)], \quad
+    m_K = \mathrm{mean}_k [\bar c_k \le \mathrm{median}(\bar c)]
+
+    L_{ins} = m_B \sum_{T} KD_T(z_s^w, z_t^w)
+      + \sum_{T \in \{\tau, 3, 5\}} KD_T(z_s^a, z_t^a) + \sum_{T \in \{2, 6\}} KD_T(z_s^w, z_t^w)
+
+    L_{cls} = m_K \sum_T \tfrac{1}{K} \| P_t^{T\top} P_t^T - P_s^{T\top} P_s^T \|_F^2, \qquad
+    L_{bat} = m_B \sum_T \tfrac{1}{B} \| P_t^T P_t^{T\top} - P_s^T P_s^{T\top} \|_F^2
+
+    L_{MLKD} = L_{ins} + L_{cls} + L_{bat}
+
+  with ``P^T = p^T`` of the weak view as a ``[B, K]`` matrix. This is the reference's code
+  path exactly, including what it does differently from the paper: the confidence "masks"
+  multiply a batch-mean loss, so each acts as the scalar share ``m`` of rows (classes) at or
+  below the median confidence (numpy's 50th percentile); the strong view's instance term takes
+  its temperatures 2 and 6 on the weak view; the class and batch terms use the weak view only
+  (the reference computes strong-view versions and does not add them to the loss).
+
+  ``standardize=True`` (logit standardization, Sun et al. CVPR 2024, as its MLKD applies it)
+  replaces both sides' logits by ``standardize(z)`` inside every instance-level term, before
+  the temperature; the class and batch terms and the confidences keep the raw logits.
+
+  The median, ``m`` and the ``[B, B]`` batch Gram matrices depend on which examples share the
+  batch: this function computes them over the batch it is given (the method layer splits the
+  global batch into groups of the reference's per-GPU batch, docs/design.md#grouped-losses).
+
+  Args:
+    student_weak: ``[B, K]`` student logits on the weak view.
+    teacher_weak: ``[B, K]`` teacher logits on the weak view (stop-gradiented).
+    student_strong: ``[B, K]`` student logits on the strong view.
+    teacher_strong: ``[B, K]`` teacher logits on the strong view (stop-gradiented).
+    temperature: the base temperature ``tau`` (4 CIFAR-100, 1 ImageNet; 2 with standardize).
+    standardize: z-score both sides' logits in the instance-level terms.
+
+  Returns:
+    float32 scalar, without the loss weight (the reference multiplies every term by its
+    ``KD_WEIGHT``). No labels are used.
+
+  References:
+    Jin, Wang, Lin, "Multi-Level Logit Distillation", CVPR 2023.
+    Jin-Ying/Multi-Level-Logit-Distillation ``mdistiller/distillers/KD_ours.py``;
+    sunshangquan/logit-standardization-KD ``mdistiller/distillers/MLKD.py``;
+    docs/methods.md#mlkd.
+  """
+  parts = mlkd_parts(student_weak, teacher_weak, student_strong, teacher_strong,
+                     temperature=temperature, standardize=standardize)
+  return sum(parts.values())

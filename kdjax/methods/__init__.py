@@ -17,14 +17,17 @@ from kdjax.methods.registry import Inputs
 from kdjax.methods.registry import METHODS
 from kdjax.methods.registry import Method
 from kdjax.methods.registry import NETWORKS
+from kdjax.methods.registry import STRONG
 from kdjax.methods.registry import TERM_KEYS
 from kdjax.methods.registry import TRAINABLE
 from kdjax.methods.registry import Term
 from kdjax.methods.registry import build_terms
 from kdjax.methods.registry import logits
 from kdjax.methods.registry import networks
+from kdjax.methods.registry import on_view
 from kdjax.methods.registry import one_tap
 from kdjax.methods.registry import paired_taps
+from kdjax.methods.registry import reads_strong_view
 from kdjax.methods.registry import register
 from kdjax.methods.registry import same_taps
 from kdjax.methods.registry import taps

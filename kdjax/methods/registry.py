@@ -29,6 +29,10 @@ import jax.numpy as jnp
 from kdjax.errors import KdjaxError
 
 TERM_KEYS = ('weight', 'warmup_epochs', 'weight_schedule', 'method')
+# A tap read on the second, strongly augmented view of the batch (input.strong_augment) is named
+# with this suffix: 'logits@strong' (docs/design.md#two-views).
+STRONG = '@strong'
+VIEWS = ('', 'strong')
 NETWORKS = ('student', 'teacher', 'peer')
 TRAINABLE = ('student', 'peer')
 
@@ -85,6 +89,19 @@ def logits() -> dict:
 def same_taps(taps) -> dict:
   """`reads` of methods that compare the same taps of student and teacher."""
   return {'student': tuple(taps), 'teacher': tuple(taps)}
+
+
+def on_view(tap: str, view: str) -> str:
+  """`tap` on `view` ('' = the batch's main image, 'strong' = its strong view): 'logits@strong'."""
+  if view not in VIEWS:
+    raise KdjaxError(f"unknown view '{view}'; valid: '' (the main image) or 'strong' "
+                     '(input.strong_augment)')
+  return tap + STRONG if view else tap
+
+
+def base_tap(tap: str) -> str:
+  """The network's tap behind a (possibly strong-view) tap name: 'logits@strong' -> 'logits'."""
+  return tap[:-len(STRONG)] if tap.endswith(STRONG) else tap
 
 
 def one_tap(tap) -> dict:
@@ -172,6 +189,7 @@ class Term:
     if self.method.connector is None:
       return None
     ctx = dataclasses.replace(ctx, term=self.name, term_taps=self.taps)
+    shapes = {net: {**v, **{t + STRONG: v[t] for t in v}} for net, v in shapes.items()}
     return self.method.connector(ctx, self.select(shapes, 'student'),
                                  self.select(shapes, 'teacher') if 'teacher' in shapes else (),
                                  **self.connector_hparams)
@@ -265,8 +283,16 @@ def networks(terms) -> set:
 
 
 def taps(terms, network: str) -> list:
-  """The union of the taps the terms read on `network`, 'logits' excluded (always there)."""
+  """The union of the taps the terms read on `network` (on either view), 'logits' excluded
+  (always there)."""
   names = []
   for term in terms:
-    names += [n for n in term.reads.get(network, ()) if n != 'logits' and n not in names]
+    for name in map(base_tap, term.reads.get(network, ())):
+      if name != 'logits' and name not in names:
+        names.append(name)
   return names
+
+
+def reads_strong_view(terms) -> bool:
+  """Whether a term reads a tap of the strong view (then the step runs every network on it)."""
+  return any(tap.endswith(STRONG) for t in terms for names in t.reads.values() for tap in names)
