@@ -154,13 +154,14 @@ def choose_views(seed: int, epoch: int, indices, views: int) -> np.ndarray:
 
 def _fingerprint(config, setup) -> dict:
   """What a cache was made from; a run compares it with its own before reading the cache."""
+  from kdjax import train  # pylint: disable=g-import-not-at-top  (train imports this module)
   inp = config.input
   return {
       'dataset': config.dataset, 'split': inp.train_split,
       'num_examples': setup.data.builder.info.splits[inp.train_split].num_examples,
       'train_augment': inp.train_augment, 'image_size': inp.image_size,
       'crop_padding': inp.crop_padding, 'mean': list(inp.mean), 'std': list(inp.std),
-      'teacher': config.teacher.model, 'teacher_dtype': config.teacher.dtype,
+      'teacher': config.teacher.model, 'teacher_dtype': train.resolve_dtype(config.teacher.dtype),
       'teacher_sha256': setup.networks.teacher_source.get('sha256', ''),
       'num_classes': setup.data.info.num_classes}
 

@@ -291,7 +291,8 @@ def export_metadata(variables, metadata, workdir):
       'teacher': metadata.get('teacher'),
       'packages': package_versions(),
       'sha256': tree_hash(variables),
-      'dtype': network.get('dtype', 'float32'),  # the compute dtype the run evaluated with
+      # The compute dtype the run evaluated with ('auto' as it resolved here).
+      'dtype': _resolved_dtype(network.get('dtype', 'float32')),
       'dataset': config.get('dataset'),
       'data_dir': config.get('data_dir'),  # where kdjax.evaluate looks by default
       'eval_split': (config.get('input') or {}).get('eval_split'),
@@ -453,3 +454,8 @@ def load_variables(path, model, input_shape, *, network, reset_classifier=False)
   if head:  # The hash covers what was loaded: everything but the classifier.
     source['reset_classifier'] = '/'.join(head)
   return variables, source
+
+
+def _resolved_dtype(name):
+  from kdjax import train  # pylint: disable=g-import-not-at-top  (train imports this module)
+  return train.resolve_dtype(name)

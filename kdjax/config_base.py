@@ -115,12 +115,13 @@ def base_config():
                                              dtype='float32', drop_path_rate=0.0, shard=False))
   # shard: the same for the frozen teacher's variables; also done automatically when they
   # would take more than half of a device's memory (where the backend reports it; not CPU).
+  # dtype: the teacher's compute dtype; 'auto' = bfloat16 on GPU / TPU, float32 on CPU.
   # cache: '' = the teacher runs in every train step; else a folder of recorded teacher logits
   # for cache_views views of every training example (kdjax/cache.py: made by python -m
   # kdjax.cache, or by the run itself when the folder holds no cache), read instead; logit
   # methods and replayable views only. cache_top_k: 0 = full float16 log-probabilities, else
   # FKD's top-k quantisation.
-  c.teacher = ml_collections.ConfigDict(dict(model='', checkpoint='', dtype='float32',
+  c.teacher = ml_collections.ConfigDict(dict(model='', checkpoint='', dtype='auto',
                                              shard=False, cache='', cache_views=8,
                                              cache_top_k=0))
   c.peer = ml_collections.ConfigDict(dict(model='', dtype='float32',  # DML's second network

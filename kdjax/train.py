@@ -348,11 +348,22 @@ def step_key(step_rng, use):
   return jax.random.fold_in(step_rng, _STEP_TAGS[use])
 
 
+def resolve_dtype(name, backend=None) -> str:
+  """'auto' -> the compute dtype that is fastest on this platform: bfloat16 on GPUs and TPUs
+  (their matrix units run it at twice float32's rate or more), float32 on CPUs (XLA:CPU's
+  bfloat16 convolutions were slower than float32 on this project's AVX512-BF16 CPU,
+  docs/design.md#measured-facts). Any other name is returned as it is."""
+  if name != 'auto':
+    return name
+  return 'bfloat16' if (backend or jax.default_backend()) in ('gpu', 'tpu') else 'float32'
+
+
 def _dtype(name, key):
   dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-  if name not in dtypes:
-    raise KdjaxError(f"unknown {key} '{name}'; valid: {', '.join(dtypes)}")
-  return dtypes[name]
+  resolved = resolve_dtype(name)
+  if resolved not in dtypes:
+    raise KdjaxError(f"unknown {key} '{name}'; valid: auto, {', '.join(dtypes)}")
+  return dtypes[resolved]
 
 
 def _check_config(config):
@@ -1032,9 +1043,13 @@ def open_teacher_cache(setup):
 def _check_resume(config, setup, metadata, workdir):
   """Refuses a resume whose config changes the trajectory (unless allowed); logs the rest."""
   now = json.loads(config.to_json_best_effort())
-  trajectory, harmless = workdir_lib.config_changes(
-      metadata.get('config', {}), now,
-      defaults=json.loads(config_base.base_config().to_json_best_effort()))
+  defaults = json.loads(config_base.base_config().to_json_best_effort())
+  saved = json.loads(json.dumps(metadata.get('config', {})))
+  for tree in (saved, now, defaults):  # 'auto' compares as what it resolves to here
+    for network in methods.NETWORKS:
+      if isinstance(tree.get(network), dict):
+        tree[network]['dtype'] = resolve_dtype(tree[network].get('dtype', 'float32'))
+  trajectory, harmless = workdir_lib.config_changes(saved, now, defaults=defaults)
   saved_teacher = (metadata.get('teacher') or {}).get('sha256')
   teacher = setup.networks.teacher_source.get('sha256')
   if saved_teacher and teacher and saved_teacher != teacher:

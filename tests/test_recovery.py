@@ -210,6 +210,14 @@ def test_a_changed_config_is_refused_on_resume_unless_allowed(tmp_path, digits_d
   train.train_and_evaluate(_short_config(digits_data_dir, 6, seed=1, allow_config_change=True),
                            workdir)
   assert (tmp_path / 'run' / 'checkpoints' / '6').exists()
+  # A run saved with teacher.dtype 'float32' resumes under the default 'auto' (float32 on this
+  # CPU) as the same trajectory.
+  saved = _short_config(digits_data_dir, 8, seed=1, allow_config_change=False)
+  with saved.unlocked():
+    saved.teacher.dtype = 'float32'
+  train.train_and_evaluate(saved, workdir)
+  train.train_and_evaluate(_short_config(digits_data_dir, 10, seed=1), workdir)
+  assert (tmp_path / 'run' / 'checkpoints' / '10').exists()
 
 
 def test_config_changes_are_classified():

@@ -372,3 +372,12 @@ def test_student_checkpoint_initialises_the_student(digits_data_dir):
     config.student.model = 'mlp32'
   with pytest.raises(KdjaxError, match="student.checkpoint .* does not fit student.model"):
     train.build(config)
+
+
+def test_auto_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu():
+  assert train.resolve_dtype('auto', 'gpu') == train.resolve_dtype('auto', 'tpu') == 'bfloat16'
+  assert train.resolve_dtype('auto', 'cpu') == 'float32'
+  assert train.resolve_dtype('bfloat16', 'cpu') == 'bfloat16'
+  assert config_base.base_config().teacher.dtype == 'auto'
+  with pytest.raises(KdjaxError, match='valid: auto, float32, bfloat16'):
+    train._dtype('float16', 'teacher.dtype')  # pylint: disable=protected-access
