@@ -663,7 +663,8 @@ def trainable_forward(networks: Networks, params, batch_stats, images, rng=None)
 
 
 def connectors_forward(objective: Objective, params, batch_stats, outputs, batch, rng):
-  """Every connector in training mode: ({term: output}, {term: new collections})."""
+  """Every connector in training mode: ({term: output}, {term: new collections}). `batch`: the
+  batch's side columns (CRD's `index`) and `epoch`, the 1-based epoch (CTKD's curriculum)."""
   connected, new_stats = {}, {}
   for name, module in objective.connectors.items():
     term = objective.term(name)
@@ -742,8 +743,8 @@ def make_train_step(setup: Setup):
       connected = {}
       if objective.connectors:
         connected, new_stats['connectors'] = connectors_forward(
-            objective, params['connectors'], state.batch_stats['connectors'], outputs, side,
-            step_rng)
+            objective, params['connectors'], state.batch_stats['connectors'], outputs,
+            {**side, 'epoch': epoch}, step_rng)  # CTKD's curriculum reads the epoch
       values = {t.name: t(outputs, labels, connected.get(t.name), targets)
                 for t in objective.terms}
       total = sum(t.weight_at(epoch) * t.factor(epoch) * values[t.name]
