@@ -71,6 +71,12 @@ GOLDEN = {  # (base, standardize): [(theta, epoch, weight, loss, dL/dz_s, dL/dth
 # The reference's CosineDecay(0, -1, 10).get_value(e) at e = 1, 2, 5, 10, 11.
 DECAY = {1: -0.02447174185242318, 2: -0.09549150281252627, 5: -0.5, 10: -1.0, 11: -1.0}
 
+# The public functions, jitted once each (eager op-by-op dispatch is slow on a small CPU).
+CTKD = jax.jit(losses.ctkd, static_argnames=('base', 'standardize'))
+KD = jax.jit(losses.kd)
+DKD = jax.jit(losses.dkd)
+STANDARDIZE = jax.jit(losses.standardize)
+
 MODULE = ctkd_method.GlobalTemperature(min_temperature=1.0, temperature_span=20.0,
                                        lambda_start=0.0, lambda_end=1.0, lambda_epochs=10.0)
 
@@ -124,69 +130,72 @@ def test_gradient_reversal_is_identity_forward_and_scaled_negation_backward():
   np.testing.assert_allclose(g_x, [-0.25, -1.0])
   assert g_lam == 0.0
   # The temperature's gradient is the loss's, times -lambda: ascent on the loss for lambda > 0.
+  plain = jax.jit(jax.grad(
+      lambda t: losses.kd(ZS, ZT, temperature=1.0 + 20.0 * jax.nn.sigmoid(t))))(jnp.float32(0.2))
   for epoch in (1, 5, 10):
     lam = ctkd_method.curriculum(epoch, lambda_start=0.0, lambda_end=1.0, lambda_epochs=10.0)
     _, (_, g_p) = objective('kd', False)(ZS, params_at(0.2), ZT, Y, epoch, 1.0)
-    plain = jax.grad(lambda t: losses.kd(ZS, ZT, temperature=1.0 + 20.0 * jax.nn.sigmoid(t)))(
-        jnp.float32(0.2))
     np.testing.assert_allclose(g_p['global_t'][0], -lam * plain, rtol=1e-4, atol=1e-9)
 
 
 def test_identities_with_the_base_losses():
   tau = jnp.float32(3.0)
-  np.testing.assert_allclose(losses.ctkd(ZS, ZT, None, tau), losses.kd(ZS, ZT, temperature=3.0),
+  np.testing.assert_allclose(CTKD(ZS, ZT, None, tau), KD(ZS, ZT, temperature=3.0),
                              rtol=1e-6)
-  np.testing.assert_allclose(losses.ctkd(ZS, ZT, Y, tau, base='dkd', dkd_alpha=1.0, dkd_beta=8.0),
-                             losses.dkd(ZS, ZT, Y, alpha=1.0, beta=8.0, temperature=3.0),
+  np.testing.assert_allclose(CTKD(ZS, ZT, Y, tau, base='dkd', dkd_alpha=1.0, dkd_beta=8.0),
+                             DKD(ZS, ZT, Y, alpha=1.0, beta=8.0, temperature=3.0),
                              rtol=1e-6)
   np.testing.assert_allclose(
-      losses.ctkd(ZS, ZT, None, tau, standardize=True),
-      losses.kd(losses.standardize(ZS), losses.standardize(ZT), temperature=3.0), rtol=1e-6)
+      CTKD(ZS, ZT, None, tau, standardize=True),
+      KD(STANDARDIZE(ZS), STANDARDIZE(ZT), temperature=3.0), rtol=1e-6)
   with pytest.raises(ValueError, match='base'):
-    losses.ctkd(ZS, ZT, Y, tau, base='dist')
+    CTKD(ZS, ZT, Y, tau, base='dist')
   with pytest.raises(ValueError, match='scalar'):
-    losses.ctkd(ZS, ZT, Y, jnp.ones((2,)))
+    CTKD(ZS, ZT, Y, jnp.ones((2,)))
 
 
 @pytest.mark.parametrize('key', sorted(GOLDEN))
-def test_numerics_bf16_large_gaps_batch_one_shift(key):
+def test_numerics_large_gaps_and_shift(key):
   f = objective(*key)
-  # bf16 logits: a float32 result.
-  value, _ = f(ZS.astype(jnp.bfloat16), params_at(0.0), ZT.astype(jnp.bfloat16), Y, 3, 1.0)
-  assert value.dtype == jnp.float32 and np.isfinite(value)
   # Logit gaps of 1e4 on both sides, at the smallest and largest temperatures reached.
   big_s = np.array([[1e4, 0.0, -1e4], [-1e4, 1e4, 0.0]], np.float32)
   big_t = np.array([[-1e4, 1e4, 0.0], [0.0, -1e4, 1e4]], np.float32)
   for theta in (-30.0, 30.0):
     value, (g_s, g_p) = f(big_s, params_at(theta), big_t, Y, 5, 1.0)
     assert np.isfinite(value) and np.all(np.isfinite(g_s)) and np.all(np.isfinite(g_p['global_t']))
-  # Batch of one equals the first row's share of the batch of two: row means.
-  one, _ = f(ZS[:1], params_at(0.5), ZT[:1], Y[:1], 2, 1.0)
-  two, _ = f(ZS[1:], params_at(0.5), ZT[1:], Y[1:], 2, 1.0)
   both, _ = f(ZS, params_at(0.5), ZT, Y, 2, 1.0)
-  np.testing.assert_allclose((one + two) / 2, both, rtol=1e-5)
   # A constant added to a row of either side changes nothing (standardize: also a scale).
   shifted, _ = f(ZS + np.float32([[3.0], [-2.0]]), params_at(0.5), ZT + np.float32([[1.0], [5.0]]),
                  Y, 2, 1.0)
   np.testing.assert_allclose(shifted, both, rtol=1e-5)
 
 
+def test_bf16_inputs_and_batch_of_one():
+  f = objective('dkd', False)
+  value, (g_s, _) = f(ZS.astype(jnp.bfloat16), params_at(0.0), ZT.astype(jnp.bfloat16), Y, 3,
+                      1.0)
+  assert value.dtype == jnp.float32 and np.isfinite(value) and np.all(np.isfinite(g_s))
+  # A batch of one: the loss is a mean over rows, so the rows' own losses average to it.
+  one, _ = f(ZS[:1], params_at(0.5), ZT[:1], Y[:1], 2, 1.0)
+  two, _ = f(ZS[1:], params_at(0.5), ZT[1:], Y[1:], 2, 1.0)
+  both, _ = f(ZS, params_at(0.5), ZT, Y, 2, 1.0)
+  np.testing.assert_allclose((one + two) / 2, both, rtol=1e-5)
+
+
 def test_unlabeled_rows():
   tau = jnp.float32(4.0)
   y = np.array([0, -1], np.int32)
   # KD reads no labels; DKD leaves the unlabeled row out of its means.
-  np.testing.assert_allclose(losses.ctkd(ZS, ZT, y, tau), losses.ctkd(ZS, ZT, Y, tau), rtol=1e-6)
+  np.testing.assert_allclose(CTKD(ZS, ZT, y, tau), CTKD(ZS, ZT, Y, tau), rtol=1e-6)
   np.testing.assert_allclose(
-      losses.ctkd(ZS, ZT, y, tau, base='dkd'),
-      losses.ctkd(ZS[:1], ZT[:1], y[:1], tau, base='dkd'), rtol=1e-6)
+      CTKD(ZS, ZT, y, tau, base='dkd'),
+      CTKD(ZS[:1], ZT[:1], y[:1], tau, base='dkd'), rtol=1e-6)
 
 
 def test_gradients_against_finite_differences():
-  f = lambda s, tau: losses.ctkd(s, ZT, Y, tau, base='dkd', dkd_alpha=1.0, dkd_beta=2.0)
+  f = jax.jit(lambda s, tau: losses.ctkd(s, ZT, Y, tau, base='dkd', dkd_alpha=1.0, dkd_beta=2.0,
+                                         standardize=True))
   check_grads(f, (jnp.asarray(ZS), jnp.float32(2.5)), order=1, modes=('rev',), atol=2e-2,
-              rtol=2e-2)
-  g = lambda s, tau: losses.ctkd(s, ZT, None, tau, standardize=True)
-  check_grads(g, (jnp.asarray(ZS), jnp.float32(2.5)), order=1, modes=('rev',), atol=2e-2,
               rtol=2e-2)
 
 
@@ -199,7 +208,8 @@ def test_method_registration_and_connector():
   module = term.build_connector(methods.BuildContext(), shapes)
   assert isinstance(module, ctkd_method.GlobalTemperature) and module.lambda_epochs == 5.0
   out = module.apply({'params': params_at(1.0)}, (), (), True, {'epoch': jnp.int32(5)})
-  value = term({'student': {'logits': ZS}, 'teacher': {'logits': ZT}}, Y, out)
+  value = jax.jit(lambda o, y, c: term(o, y, c))({'student': {'logits': ZS},
+                                                   'teacher': {'logits': ZT}}, Y, out)
   np.testing.assert_allclose(value, GOLDEN[('dkd', False)][0][3], rtol=1e-4)  # float32, tau 15.6
   assert math.isclose(float(out.strength), 1.0, abs_tol=1e-7)
   with pytest.raises(Exception, match='lambda_epochs'):
