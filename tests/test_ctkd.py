@@ -20,12 +20,13 @@ ZT = np.array([[3.0, 0.5, -0.5], [0.0, 1.5, 2.0]], np.float32)
 Y = np.array([0, 2], np.int32)
 
 # Golden values: a standalone torch float64 transcription (not in the repository) of
-# zhengli97/CTKD's code path: models/temp_global.py (Global_T, parameter initialised to 1;
-# GradientReversalFunction, backward = lambda * grad), helper/loops.py train_distill
+# zhengli97/CTKD's code path (@ 7d52522): models/temp_global.py (Global_T, parameter
+# initialised to 1; GradientReversalFunction, backward = lambda * grad), helper/loops.py
+# train_distill
 # (temp = t_start + t_end * sigmoid(Global_T(...)), t_start 1, t_end 20), train_student.py
 # CosineDecay(decay_max=0, decay_min=-1, num_loops=10).get_value(epoch) as lambda,
 # distiller_zoo/KD.py DistillKL and distiller_zoo/DKD.py DKDloss (alpha 1, beta 2); and of
-# sunshangquan/logit-standardization-KD CTKD/distiller_zoo/KD.py (normalize,
+# sunshangquan/logit-standardization-KD (@ f6e5aa5) CTKD/distiller_zoo/KD.py (normalize,
 # DistillKL_logit_stand) for `standardize`. The parameter set to theta, `(weight * loss)
 # .backward()`, then: the loss, the gradient w.r.t. the student logits and the parameter's
 # gradient (reversed and scaled by the curriculum). In the DKD transcription F.kl_div is
@@ -47,7 +48,8 @@ GOLDEN = {  # (base, standardize): [(theta, epoch, weight, loss, dL/dz_s, dL/dth
     ('kd', True): [
         (1.0, 1, 1.0, 0.39436618626382924,
          [[-0.0199533781351203, 0.042123798869713534, -0.02217042073459323],
-          [0.10410020205915797, -0.044614365947768284, -0.05948583611138972]], 6.11019133969737e-07),
+          [0.10410020205915797, -0.044614365947768284, -0.05948583611138972]],
+         6.11019133969737e-07),
         (-0.5, 5, 0.9, 0.39427335793823554,
          [[-0.017763429480915034, 0.037500573660585734, -0.019737144179670697],
           [0.09083418262447983, -0.03892892963460907, -0.05190525298987076]],

@@ -29,12 +29,12 @@ C0 = [1.0, 0.5, -0.5]
 LRS = [0.1, 0.1, 0.05, 0.05]  # the learning rate of steps 1..4
 
 # Golden values: a standalone torch float64 transcription (not in the repository) of
-# megvii-research/mdistiller mdistiller/engine/dot.py (`dot`, DistillationOrientedTrainer's
-# step_kd and step) driven as mdistiller/engine/trainer.py's DOT.train_iter does
-# (zero_grad(set_to_none=True), loss_kd.backward(retain_graph=True), step_kd(), zero_grad,
-# loss_ce.backward(), step()), momentum 0.9, delta 0.075, weight decay 0.01, on the toy problem
-# above; the parameters after step 1 (c's first step takes no weight decay in the reference)
-# and after step 4.
+# megvii-research/mdistiller (@ a08d46f) mdistiller/engine/dot.py (`dot`,
+# DistillationOrientedTrainer's step_kd and step) driven as mdistiller/engine/trainer.py's
+# DOT.train_iter does (zero_grad(set_to_none=True), loss_kd.backward(retain_graph=True),
+# step_kd(), zero_grad, loss_ce.backward(), step()), momentum 0.9, delta 0.075, weight decay
+# 0.01, on the toy problem above; the parameters after step 1 (c's first step takes no weight
+# decay in the reference) and after step 4.
 GOLDEN = {
     1: dict(
         W=[[0.09687167104095348, -0.24946121641772967, 0.37185238224274303, 0.027392441877449943],

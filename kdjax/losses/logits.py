@@ -435,7 +435,8 @@ def ctkd(student_logits, teacher_logits, labels, temperature, *, base="kd", dkd_
   s, t = as_f32(student_logits, teacher_logits)
   tau = jnp.asarray(temperature, jnp.float32)
   if tau.size != 1:
-    raise ValueError(f"temperature must be a scalar (one global temperature), got shape {tau.shape}")
+    raise ValueError(f"temperature must be a scalar (one global temperature), got shape "
+                     f"{tau.shape}")
   tau = tau.reshape(())
   if standardize:
     s, t = _standardize(s), _standardize(t)
