@@ -204,7 +204,6 @@ def standardize(logits, *, eps=1e-7):
   return centred / (eps + std)
 
 
-
 # For losses whose `standardize` keyword hides the function's name.
 _standardize = standardize
 
