@@ -51,6 +51,7 @@ from kdjax.data import input_pipeline
 from kdjax.data import on_device
 from kdjax.errors import KdjaxError
 from kdjax.errors import Preempted
+from kdjax.methods import dot as dot_lib
 
 log = logging.getLogger(__name__)  # kdjax.* loggers: shown at INFO (kdjax/logs.py)
 
@@ -653,8 +654,17 @@ def make_optimizer(cfg, *, batch_size, steps_per_epoch, total_steps):
                      optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
   elif cfg.name == 'adamw':
     tx = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+  elif cfg.name == 'dot':  # SGD with DOT's two momenta (kdjax/methods/dot.py)
+    if cfg.nesterov or cfg.get('clip_grad_norm', 0.0) > 0:
+      raise KdjaxError('optimizer.name=dot has no Nesterov momentum and no gradient clipping; '
+                       'set optimizer.nesterov=False and optimizer.clip_grad_norm=0')
+    if not 0 <= cfg.dot_delta <= cfg.momentum:
+      raise KdjaxError(f'optimizer.dot_delta must be in [0, optimizer.momentum={cfg.momentum}], '
+                       f'got {cfg.dot_delta}')
+    return dot_lib.dot(schedule, momentum=cfg.momentum, delta=cfg.dot_delta,
+                       weight_decay=cfg.weight_decay), schedule
   else:
-    raise KdjaxError(f"unknown optimizer.name '{cfg.name}'; valid: sgd, adamw")
+    raise KdjaxError(f"unknown optimizer.name '{cfg.name}'; valid: sgd, adamw, dot")
   if cfg.get('clip_grad_norm', 0.0) > 0:
     tx = optax.chain(optax.clip_by_global_norm(cfg.clip_grad_norm), tx)
   return tx, schedule
@@ -693,7 +703,8 @@ def trainable_forward(networks: Networks, params, batch_stats, images, rng=None)
 
 
 def connectors_forward(objective: Objective, params, batch_stats, outputs, batch, rng):
-  """Every connector in training mode: ({term: output}, {term: new collections})."""
+  """Every connector in training mode: ({term: output}, {term: new collections}). `batch`: the
+  batch's side columns (CRD's `index`) and `epoch`, the 1-based epoch (CTKD's curriculum)."""
   connected, new_stats = {}, {}
   for name, module in objective.connectors.items():
     term = objective.term(name)
@@ -788,15 +799,20 @@ def make_train_step(setup: Setup):
       connected = {}
       if objective.connectors:
         connected, new_stats['connectors'] = connectors_forward(
-            objective, params['connectors'], state.batch_stats['connectors'], outputs, side,
-            step_rng)
+            objective, params['connectors'], state.batch_stats['connectors'], outputs,
+            {**side, 'epoch': epoch}, step_rng)  # CTKD's curriculum reads the epoch
       values = {t.name: t(outputs, labels, connected.get(t.name), targets)
                 for t in objective.terms}
-      total = sum(t.weight_at(epoch) * t.factor(epoch) * values[t.name]
-                  for t in objective.terms)
-      return total, (values, new_stats)
+      weighted = {t.name: t.weight_at(epoch) * t.factor(epoch) * values[t.name]
+                  for t in objective.terms}
+      return sum(weighted.values()), (values, new_stats, weighted)
 
-    (total, (values, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if dot_lib.takes_two_gradients(setup.tx):  # DOT: {'task': ..., 'distill': ...}
+      (total, (values, new_stats, _)), grads = dot_lib.value_and_two_grads(
+          loss_fn, state.params, lambda name: dot_lib.is_task(objective.term(name)))
+    else:
+      (total, (values, new_stats, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state.params)
     updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     # A non-finite loss or gradient never reaches the state: the update is dropped (the loop

@@ -7,6 +7,7 @@ Logits [B, K]; labels int32 [B] (-1 = unlabeled); feature maps NHWC [B, H, W, C]
 """
 
 from kdjax.losses.logits import cross_entropy
+from kdjax.losses.logits import ctkd
 from kdjax.losses.logits import dist
 from kdjax.losses.logits import dkd
 from kdjax.losses.logits import dkd_parts

@@ -210,6 +210,9 @@ def standardize(logits, *, eps=1e-7):
   return centred / (eps + std)
 
 
+# For losses whose `standardize` keyword hides the function's name.
+_standardize = standardize
+
 
 def cross_entropy(logits, labels, *, label_smoothing=0.0):
   r"""Mean softmax cross-entropy that ignores unlabeled (``-1``) examples.
@@ -397,6 +400,56 @@ def dkd(student_logits, teacher_logits, labels, *, alpha, beta, temperature):
   tckd, nckd = dkd_parts(student_logits, teacher_logits, labels, temperature=temperature)
   valid = _check_labels(labels, tckd.shape[0]) >= 0
   return alpha * _masked_mean(tckd, valid) + beta * _masked_mean(nckd, valid)
+
+
+def ctkd(student_logits, teacher_logits, labels, temperature, *, base="kd", dkd_alpha=1.0,
+         dkd_beta=2.0, standardize=False):
+  r"""KD or DKD at a learned (traced, differentiable) temperature: CTKD's distillation loss.
+
+  .. math::
+    L_{CTKD} = \begin{cases} L_{KD}(z_s, z_t; \tau) & \text{base = kd} \\
+               L_{DKD}(z_s, z_t, y; \alpha, \beta, \tau) & \text{base = dkd} \end{cases}
+
+  with :func:`kd` / :func:`dkd` and ``tau`` the output of CTKD's temperature module (an
+  array, so the loss is differentiable w.r.t. it: ``dL/dtau`` is what trains the temperature,
+  after the module's gradient reversal). With ``standardize``, both sides are first replaced
+  by :func:`standardize` (z-scored rows), before the division by ``tau``, as the
+  logit-standardization code applies it. The curriculum (the reversal strength) is not part
+  of the loss: it acts on the gradient inside the temperature module
+  (``kdjax/methods/ctkd.py``).
+
+  Args:
+    student_logits: ``[B, K]``.
+    teacher_logits: ``[B, K]`` (stop-gradiented).
+    labels: int ``[B]``, ``-1`` = unlabeled; read by ``base="dkd"`` only (unlabeled rows are
+      left out of its means, as in :func:`dkd`); may be ``None`` with ``base="kd"``.
+    temperature: float scalar array ``tau > 0`` (one global temperature).
+    base: ``"kd"`` or ``"dkd"``.
+    dkd_alpha, dkd_beta: DKD's TCKD and NCKD weights (``base="dkd"``).
+    standardize: apply logit standardization to both sides first.
+
+  Returns:
+    float32 scalar, reduced as the base loss is ("batchmean", times ``tau^2``).
+
+  References:
+    Li et al., "Curriculum Temperature for Knowledge Distillation", AAAI 2023; zhengli97/CTKD
+    ``distiller_zoo/KD.py`` (``DistillKL``), ``distiller_zoo/DKD.py`` (``DKDloss``);
+    sunshangquan/logit-standardization-KD ``CTKD/distiller_zoo/KD.py``
+    (``DistillKL_logit_stand``); docs/methods.md#ctkd.
+  """
+  s, t = as_f32(student_logits, teacher_logits)
+  tau = jnp.asarray(temperature, jnp.float32)
+  if tau.size != 1:
+    raise ValueError(f"temperature must be a scalar (one global temperature), got shape "
+                     f"{tau.shape}")
+  tau = tau.reshape(())
+  if standardize:
+    s, t = _standardize(s), _standardize(t)
+  if base == "kd":
+    return kd(s, t, temperature=tau)
+  if base == "dkd":
+    return dkd(s, t, labels, alpha=dkd_alpha, beta=dkd_beta, temperature=tau)
+  raise ValueError(f"base must be 'kd' or 'dkd', got {base!r}")
 
 
 def dist(student_logits, teacher_logits, *, beta, gamma, temperature):
