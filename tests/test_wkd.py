@@ -393,3 +393,13 @@ def test_wkd_terms_train_a_step(digits_data_dir):
   assert moved(before['connectors']['wkd_f'], after['connectors']['wkd_f']) > 0
   jax.tree.map(np.testing.assert_array_equal, teacher_before,
                run.setup.networks.teacher_variables)
+
+
+def test_bad_sinkhorn_and_grid_settings_fail_clearly():
+  x = methods.Inputs(student=(ZS,), teacher=(ZT,), labels=Y)
+  for bad in (dict(sinkhorn_reg=0.0, sinkhorn_iters=10), dict(sinkhorn_reg=0.05, sinkhorn_iters=0),
+              dict(sinkhorn_reg=0.05, sinkhorn_iters=2.5)):
+    with pytest.raises(KdjaxError, match='sinkhorn'):
+      wkd.WKD_L.loss(x, temperature=1.0, cost_matrix=C3, **bad)
+  with pytest.raises(KdjaxError, match='grid'):
+    wkd.WKD_F.loss(methods.Inputs(), mean_weight=1.0, eps=1e-5, grid=0)

@@ -134,15 +134,22 @@ def _cost_constant(ctx, *, cost_matrix, cost_sharpen):
   return {'cost_matrix': sharpen_cost(cost, float(cost_sharpen)).astype(np.float32)}
 
 
+def _wkd_l_loss(x, *, temperature, sinkhorn_reg, sinkhorn_iters, cost_matrix):
+  if not sinkhorn_reg > 0 or int(sinkhorn_iters) != sinkhorn_iters or sinkhorn_iters < 1:
+    raise KdjaxError(f'wkd_l needs sinkhorn_reg > 0 and an integer sinkhorn_iters >= 1, got '
+                     f'{sinkhorn_reg} and {sinkhorn_iters}')
+  return losses.wkd_l(*x.student, *x.teacher, x.labels, cost_matrix, temperature=temperature,
+                      sinkhorn_reg=sinkhorn_reg, sinkhorn_iters=int(sinkhorn_iters))
+
+
+# `cost_matrix` and `cost_sharpen` are `taps` (what the term reads: a file or the teacher's
+# classifier) because `constants` receives the taps; they never reach the loss itself.
 WKD_L = register(Method(
     name='wkd_l', doc='WKD-L: entropic Wasserstein distance between non-target distributions',
     taps=dict(cost_matrix='fc', cost_sharpen=1.0),
     reads=lambda cost_matrix, cost_sharpen: logits(),
     hparams=dict(temperature=2.0, sinkhorn_reg=0.05, sinkhorn_iters=10),
-    constants=_cost_constant,
-    loss=lambda x, *, temperature, sinkhorn_reg, sinkhorn_iters, cost_matrix: losses.wkd_l(
-        *x.student, *x.teacher, x.labels, cost_matrix, temperature=temperature,
-        sinkhorn_reg=sinkhorn_reg, sinkhorn_iters=int(sinkhorn_iters))))
+    constants=_cost_constant, loss=_wkd_l_loss))
 
 WKD_TARGET = register(Method(
     name='wkd_target', doc="WKD-L's target-class term: -p_t[y] log p_s[y]",
@@ -208,6 +215,13 @@ def _projector(ctx, student, teacher, *, projector, hidden_channels):
                       hidden=int(hidden_channels))
 
 
+def _wkd_f_loss(x, *, mean_weight, eps, grid):
+  if int(grid) != grid or grid < 1:
+    raise KdjaxError(f'wkd_f needs an integer grid >= 1, got {grid}')
+  return losses.wkd_f(x.connector.feat, *x.teacher, mean_weight=mean_weight, eps=eps,
+                      grid=int(grid))
+
+
 WKD_F = register(Method(
     name='wkd_f', doc='WKD-F: Wasserstein matching of per-channel Gaussians of a projected map',
     taps=dict(student_tap='stage4', teacher_tap='stage4'),
@@ -215,5 +229,4 @@ WKD_F = register(Method(
                                             'teacher': (teacher_tap,)},
     hparams=dict(mean_weight=2.0, eps=1e-5, grid=4),
     connector=_projector, connector_hparams=dict(projector='bottleneck', hidden_channels=256),
-    loss=lambda x, *, mean_weight, eps, grid: losses.wkd_f(
-        x.connector.feat, *x.teacher, mean_weight=mean_weight, eps=eps, grid=int(grid))))
+    loss=_wkd_f_loss))
