@@ -20,6 +20,9 @@ from kdjax.losses.logits import ofa
 from kdjax.losses.logits import skd
 from kdjax.losses.logits import soft_cross_entropy
 from kdjax.losses.logits import standardize
+from kdjax.losses.logits import sinkhorn
+from kdjax.losses.logits import wkd_l
+from kdjax.losses.logits import wkd_target
 from kdjax.losses.logits import wsl
 from kdjax.losses.features import afd
 from kdjax.losses.features import afd_attention
@@ -37,6 +40,8 @@ from kdjax.losses.features import nst
 from kdjax.losses.features import ofd
 from kdjax.losses.features import ofd_margin
 from kdjax.losses.features import pefd
+from kdjax.losses.features import wkd_f
+from kdjax.losses.features import wkd_f_parts
 from kdjax.losses.pooling import adaptive_avg_pool2d
 from kdjax.losses.pooling import nearest_resize
 from kdjax.losses.pooling import resize_to_grid

@@ -1,5 +1,5 @@
 """Feature-based distillation losses (docs/methods.md: at, nst, fitnet, ofd, mgd, pefd, udml,
-reviewkd, afd, crd).
+reviewkd, afd, crd, wkd_f).
 
 Pure functions: positional arrays first, keyword-only hyperparameters after; every function upcasts
 to float32, wraps the teacher inputs in ``jax.lax.stop_gradient``, and returns a float32 scalar
@@ -24,6 +24,7 @@ import scipy.special
 
 from kdjax.losses._numerics import as_f32, l2_normalize, safe_norm
 from kdjax.losses.pooling import adaptive_avg_pool2d
+from kdjax.losses.pooling import adaptive_pool_windows
 from kdjax.losses.relations import similarity_preserving  # noqa: F401  (re-export, see module doc)
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -32,7 +33,7 @@ _sg = jax.lax.stop_gradient
 __all__ = [
     'afd', 'afd_attention', 'attention_transfer', 'crd', 'crd_nce', 'crd_normalization_constant',
     'crd_scores', 'fitnet', 'hcl', 'mgd', 'mgd_mask', 'nst', 'ofd', 'ofd_margin', 'pefd',
-    'similarity_preserving',
+    'similarity_preserving', 'wkd_f', 'wkd_f_parts',
 ]
 
 
@@ -703,3 +704,101 @@ def feature_distance(feat_a: jax.Array, feat_b: jax.Array) -> jax.Array:
     raise ValueError(f'feature_distance: the peers\' features {a.shape} and {b.shape} must have '
                      'the same shape (UDML pairs identical architectures).')
   return jnp.mean(jnp.square(a - b))
+
+
+# ------------------------------------------------------------------------------------------------
+# WKD-F
+# ------------------------------------------------------------------------------------------------
+
+
+def _window_gaussians(f, grid, eps):
+  """Per cell of a ``grid x grid`` adaptive split of ``f [B, H, W, C]``: the channel means and
+  ``sqrt(unbiased variance + eps)``, each ``[B, grid, grid, C]``.
+
+  The cells' sums of ``x`` and ``x^2`` come from one ``einsum`` each with 0/1 window matrices
+  (cells may overlap); ``x`` is first centred on its whole-map mean, which leaves every variance
+  unchanged and keeps ``sum x^2 - (sum x)^2 / n`` accurate in float32.
+  """
+  _, height, width, _ = f.shape
+  rows, cols = adaptive_pool_windows(height, grid), adaptive_pool_windows(width, grid)
+  if min(e - s for s, e in rows) * min(e - s for s, e in cols) < 2:
+    raise ValueError(f'wkd_f: grid {grid} leaves a cell of one element on a {height}x{width} '
+                     'map (its unbiased variance is undefined); use a smaller grid.')
+
+  def members(windows, size):
+    mat = np.zeros((len(windows), size), np.float32)
+    for i, (start, end) in enumerate(windows):
+      mat[i, start:end] = 1.0
+    return mat
+
+  a_h, a_w = members(rows, height), members(cols, width)
+  count = (a_h.sum(1)[:, None] * a_w.sum(1)[None, :])[None, :, :, None]   # [1, g, g, 1]
+  centre = jnp.mean(f, axis=(1, 2), keepdims=True)
+  x = f - centre
+  pool = lambda v: jnp.einsum('oh,bhwc,pw->bopc', a_h, v, a_w, precision=_HIGHEST)
+  sum_x, sum_x2 = pool(x), pool(jnp.square(x))
+  var = jnp.maximum(sum_x2 - jnp.square(sum_x) / count, 0.0) / (count - 1)
+  return sum_x / count + centre, jnp.sqrt(var + eps)
+
+
+def wkd_f_parts(student_feat: jax.Array, teacher_feat: jax.Array, *, eps: float = 1e-5,
+                grid: int = 1) -> tuple[jax.Array, jax.Array]:
+  """The two parts of WKD-F: squared distances of the per-channel means and of the standard
+  deviations of the maps' cells (see :func:`wkd_f`).
+
+  Args:
+    student_feat: ``[B, H, W, C]``, the projected student map.
+    teacher_feat: the same shape (stop-gradiented).
+    eps: added to each variance before the square root.
+    grid: the maps are split into ``grid x grid`` cells by PyTorch's adaptive-pooling windows
+      (``grid = 1``: the whole map).
+
+  Returns:
+    ``(mean_loss, std_loss)``: float32 scalars, each a sum over cells and channels divided by
+    ``grid^2 * B``.
+  """
+  f_s, f_t = as_f32(student_feat, teacher_feat)
+  _check_nhwc('wkd_f', f_s, f_t)
+  if f_s.shape != f_t.shape:
+    raise ValueError(f'wkd_f: the projected student map {f_s.shape} must match the teacher map '
+                     f'{f_t.shape}; check the WKD-F projector.')
+  grid = int(grid)
+  mu_s, sd_s = _window_gaussians(f_s, grid, eps)
+  mu_t, sd_t = _window_gaussians(_sg(f_t), grid, eps)
+  norm = grid * grid * f_s.shape[0]
+  return (jnp.sum(jnp.square(mu_s - mu_t)) / norm, jnp.sum(jnp.square(sd_s - sd_t)) / norm)
+
+
+def wkd_f(student_feat: jax.Array, teacher_feat: jax.Array, *, mean_weight: float,
+          eps: float = 1e-5, grid: int = 1) -> jax.Array:
+  """WKD-F: Wasserstein-2 matching of per-channel diagonal Gaussians of two feature maps.
+
+  Each cell ``w`` of a ``grid x grid`` split of a map (PyTorch's adaptive-pooling windows) is
+  summarised per channel by ``N(mu, sigma^2)``: ``mu`` the cell mean, ``sigma = sqrt(var + eps)``
+  with the unbiased variance over the cell. The squared 2-Wasserstein distance of two diagonal
+  Gaussians is ``|mu_s - mu_t|^2 + |sigma_s - sigma_t|^2``; the reference weights its two parts::
+
+    L_mean = sum_{b,w,c} (mu_s - mu_t)^2 / (grid^2 B)
+    L_std  = sum_{b,w,c} (sigma_s - sigma_t)^2 / (grid^2 B)
+    L_WKD-F = mean_weight * L_mean + L_std
+
+  ``student_feat`` is the projector's output (a connector applied by the caller).
+
+  Args:
+    student_feat: ``[B, H, W, C]``, the projected student map.
+    teacher_feat: the same shape (stop-gradiented).
+    mean_weight: the reference's ``MEAN_COV_RATIO`` (2 on ImageNet; 4 or 8 on CIFAR-100).
+    eps: added to each variance (reference 1e-5).
+    grid: cells per side (reference: 4 on ImageNet, 1 on CIFAR-100). Each cell needs at least
+      two elements.
+
+  Returns:
+    float32 scalar.
+
+  References:
+    Lv, Yang and Li, "Wasserstein Distance Rivals Kullback-Leibler Divergence for Knowledge
+    Distillation", NeurIPS 2024. JiamingLv/WKD @ 214cf88 ``mdistiller/distillers/WKD.py``
+    (``wkd_feature_loss``, ``adaptive_avg_std_pool2d``); docs/methods.md#wkd_f.
+  """
+  mean_loss, std_loss = wkd_f_parts(student_feat, teacher_feat, eps=eps, grid=grid)
+  return mean_weight * mean_loss + std_loss
