@@ -114,9 +114,9 @@ def _trace_recipe(name, data_dir):
 # CIFAR recipes whose mechanism another test already runs compiled: traced like the ImageNet
 # ones. CTKD's connector and curriculum run in tests/test_dot.py (CE + CTKD under DOT),
 # dot_r32x4_r8x4's smoke runs the CLI with DOT, MLKD's two views run in tests/test_mlkd.py
-# (1 vs 8 devices); mlkd_ls differs from mlkd only in hyperparameters
-# (test_recipe_is_complete builds its terms).
-CIFAR_TRACED = ('ctkd_r32x4_r8x4', 'mlkd_r32x4_r8x4')
+# (1 vs 8 devices), WKD's connector and set-up cost matrix in tests/test_wkd.py; mlkd_ls
+# differs from mlkd only in hyperparameters (test_recipe_is_complete builds its terms).
+CIFAR_TRACED = ('ctkd_r32x4_r8x4', 'mlkd_r32x4_r8x4', 'wkd_r32x4_r8x4')
 
 
 @pytest.mark.slow
