@@ -13,6 +13,7 @@ from kdjax.losses.logits import dkd_parts
 from kdjax.losses.logits import dml
 from kdjax.losses.logits import kd
 from kdjax.losses.logits import kl_divergence
+from kdjax.losses.logits import nkd
 from kdjax.losses.logits import ofa
 from kdjax.losses.logits import skd
 from kdjax.losses.logits import soft_cross_entropy
