@@ -976,12 +976,24 @@ def exported_name(config):
   return f"{config['export']}_ema" if config['ema']['decay'] > 0 else config['export']
 
 
+def resume_defaults(now: dict) -> dict:
+  """The defaults a saved config is compared at (JSON): config_base's, plus each loss term's
+  method defaults, so a hyperparameter added to a method after a run started (e.g. kd's
+  `standardize`) is no change at its default."""
+  defaults = json.loads(config_base.base_config().to_json_best_effort())
+  defaults['losses'] = {}
+  for name, term in (now.get('losses') or {}).items():
+    method = methods.METHODS.get((term or {}).get('method') or name)
+    if method is not None:
+      defaults['losses'][name] = json.loads(json.dumps(method.config_defaults()))
+  return defaults
+
+
 def _check_resume(config, setup, metadata, workdir):
   """Refuses a resume whose config changes the trajectory (unless allowed); logs the rest."""
   now = json.loads(config.to_json_best_effort())
   trajectory, harmless = workdir_lib.config_changes(
-      metadata.get('config', {}), now,
-      defaults=json.loads(config_base.base_config().to_json_best_effort()))
+      metadata.get('config', {}), now, defaults=resume_defaults(now))
   saved_teacher = (metadata.get('teacher') or {}).get('sha256')
   teacher = setup.networks.teacher_source.get('sha256')
   if saved_teacher and teacher and saved_teacher != teacher:
