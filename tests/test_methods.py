@@ -140,3 +140,19 @@ def test_a_method_registered_in_a_users_recipe_file_trains(tmp_path, digits_data
   assert len(values) == 2 and all(v >= 0 for v in values)
   with pytest.raises(KdjaxError, match="unknown method 'top1_margin'"):
     methods.build_terms({'top1_margin': dict(weight=1.0)})
+
+
+def test_ls_and_nkd_terms_train_a_step(digits_data_dir):
+  # In the trainer, on the few-labels digits batch (unlabeled rows, labels -1): KD with logit
+  # standardization and NKD give finite terms and a finite update.
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  config, _ = conftest.load_recipe('digits_kd', 'smoke')
+  with config.unlocked():
+    config.data_dir = digits_data_dir
+    config.losses = {'ce': dict(weight=1.0),
+                     'kd': dict(weight=9.0, temperature=2.0, standardize=True),
+                     'nkd': dict(weight=1.0, temperature=3.0, gamma=3.5)}
+  run = conftest.Run(config, seed=config.seed)
+  metrics = run.step()
+  assert all(np.isfinite(float(metrics[k])) for k in ('loss', 'loss/kd', 'loss/nkd'))
+  assert float(metrics['loss/kd']) > 0 and float(metrics['loss/nkd']) > 0
