@@ -1056,10 +1056,23 @@ def open_teacher_cache(setup):
   return store
 
 
+def resume_defaults(now: dict) -> dict:
+  """The defaults a saved config is compared at (JSON): config_base's, plus each loss term's
+  method defaults, so a hyperparameter added to a method after a run started (e.g. kd's
+  `standardize`) is no change at its default."""
+  defaults = json.loads(config_base.base_config().to_json_best_effort())
+  defaults['losses'] = {}
+  for name, term in (now.get('losses') or {}).items():
+    method = methods.METHODS.get((term or {}).get('method') or name)
+    if method is not None:
+      defaults['losses'][name] = json.loads(json.dumps(method.config_defaults()))
+  return defaults
+
+
 def _check_resume(config, setup, metadata, workdir):
   """Refuses a resume whose config changes the trajectory (unless allowed); logs the rest."""
   now = json.loads(config.to_json_best_effort())
-  defaults = json.loads(config_base.base_config().to_json_best_effort())
+  defaults = resume_defaults(now)
   saved = json.loads(json.dumps(metadata.get('config', {})))
   for tree in (saved, now, defaults):  # 'auto' compares as what it resolves to here
     for network in methods.NETWORKS:

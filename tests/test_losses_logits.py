@@ -30,7 +30,11 @@ def close(got, want, rtol=RTOL, atol=ATOL):
 # chosen so that no term is switched off).
 LOSSES = {
     "kd": lambda s, t, y: L.kd(s, t, temperature=4.0),
+    "kd_ls": lambda s, t, y: L.kd(s, t, temperature=2.0, standardize=True),
     "dkd": lambda s, t, y: L.dkd(s, t, y, alpha=1.0, beta=8.0, temperature=4.0),
+    "dkd_ls": lambda s, t, y: L.dkd(s, t, y, alpha=1.0, beta=8.0, temperature=2.0,
+                                    standardize=True),
+    "nkd": lambda s, t, y: L.nkd(s, t, y, temperature=3.0, gamma=3.5),
     "dist": lambda s, t, y: L.dist(s, t, beta=1.0, gamma=1.0, temperature=4.0),
     "wsl": lambda s, t, y: L.wsl(s, t, y, temperature=2.0),
     "skd": lambda s, t, y: L.skd(s, t, y, temperature=1.0, multiplier=2.0, alpha=0.9),
@@ -39,8 +43,9 @@ LOSSES = {
     "ce": lambda s, t, y: L.cross_entropy(s, y, label_smoothing=0.1),
 }
 NAMES = sorted(LOSSES)
-TEACHER_LOSSES = ["kd", "dkd", "dist", "wsl", "skd", "ofa"]
-LABELLED_LOSSES = ["dkd", "wsl", "ofa", "ce"]  # whole per-sample term needs the label
+TEACHER_LOSSES = ["kd", "kd_ls", "dkd", "dkd_ls", "nkd", "dist", "wsl", "skd", "ofa"]
+# The whole per-sample term needs the label.
+LABELLED_LOSSES = ["dkd", "dkd_ls", "nkd", "wsl", "ofa", "ce"]
 
 # Compile time dominates on a small CPU: the tests below reuse a few jitted functions on
 # few shapes ([4, 5] float32 mostly); only the golden-value tests run eagerly.
@@ -59,8 +64,8 @@ def value(name, s, t, y):
 
 # The public functions themselves, jitted once each (keyword hyperparameters are traced).
 J = {n: jax.jit(getattr(L, n)) for n in
-     ("kd", "dkd", "dkd_parts", "dist", "wsl", "skd", "ofa", "dml", "cross_entropy",
-      "kl_divergence")}
+     ("kd", "dkd", "dkd_parts", "nkd", "dist", "wsl", "skd", "ofa", "dml", "cross_entropy",
+      "kl_divergence", "standardize")}
 
 
 def random_inputs(seed, batch=B, classes=K, scale=2.0):
@@ -476,3 +481,173 @@ def test_standardize_matches_reference_and_is_finite():
   assert L.standardize(const).dtype == jnp.float32
   close(L.standardize(const), np.zeros((2, 4)))
   assert np.isfinite(jax.grad(lambda z: jnp.sum(L.standardize(z) ** 3))(const)).all()
+
+
+
+# --------------------------------------------------------------------------- LS and NKD goldens
+#
+# Golden values and gradients w.r.t. the student logits, obtained by transcribing the
+# reference code paths into a standalone PyTorch script and running it in float64 (autograd
+# for the gradients):
+#   LS:  sunshangquan/logit-standardization-KD @ f6e5aa5, mdistiller/distillers/KD.py
+#        (`normalize`, `kd_loss(..., logit_stand=True)`) and mdistiller/distillers/DKD.py
+#        (`dkd_loss(..., logit_stand=True)`; its deprecated `size_average=False` written as
+#        `reduction="sum"`, the same reduction);
+#   NKD: yzd-v/cls_KD @ 1e5d48f, mmcls/models/dis_losses/nkd.py (`NKDLoss.forward`).
+# The same script reproduces the plain goldens above (KD 0.949630 at tau 4, DKD 1.065011).
+# A second batch, B = 3 and K = 6, gives the gradients more than two non-target classes.
+ZS6 = np.array([[1.5, -0.3, 0.8, 2.2, -1.1, 0.0], [0.2, 0.9, -0.7, 1.4, 3.1, -2.0],
+                [-0.4, 0.6, 1.2, -1.5, 0.3, 2.4]], np.float32)
+ZT6 = np.array([[2.8, 0.1, -0.6, 1.0, -0.2, 0.5], [-1.0, 0.4, 0.7, 2.5, 1.9, -0.8],
+                [0.9, -0.5, 3.0, 0.2, -1.3, 1.1]], np.float32)
+Y6 = np.array([0, 3, 2], np.int32)
+
+GOLDEN = {
+    # name: (loss of (s, t, y), {inputs: (value, d value / d student logits)})
+    "kd_ls_t2": (lambda s, t, y: L.kd(s, t, temperature=2.0, standardize=True), {
+        "common": (0.384538503, [[-0.017639401, 0.037238735, -0.019599334],
+                                 [0.077065931, -0.033028249, -0.044037681]]),
+        "b3k6": (0.385923808, [
+            [-0.089244427, 0.002682468, 0.039643722, 0.04850489, 0.003413044, -0.004999698],
+            [0.021932149, 0.00923175, -0.01189533, -0.04208069, 0.016375584, 0.006436538],
+            [-0.013405424, 0.024755076, -0.082608896, 0.005335766, 0.033951059, 0.031972419]]),
+    }),
+    "kd_ls_t4": (lambda s, t, y: L.kd(s, t, temperature=4.0, standardize=True), {
+        "common": (0.392573524, [[-0.019112716, 0.040349068, -0.021236351],
+                                 [0.09270512, -0.039730759, -0.052974361]]),
+    }),
+    "kd_ls_t1": (lambda s, t, y: L.kd(s, t, temperature=1.0, standardize=True), {
+        "common": (0.356660781, [[-0.013765931, 0.029061407, -0.015295477],
+                                 [0.049610685, -0.021261716, -0.02834897]]),
+    }),
+    # The LS recipes: CIFAR alpha 9, beta 72, tau 2; ImageNet alpha 9, beta 4.5, tau 2.
+    "dkd_ls_cifar": (lambda s, t, y: L.dkd(s, t, y, alpha=9.0, beta=72.0, temperature=2.0,
+                                           standardize=True), {
+        "common": (4.436700437, [[-1.783607554, 3.76539407, -1.981786516],
+                                 [1.926672427, -0.825716737, -1.10095569]]),
+        "b3k6": (24.552489439, [
+            [-2.700777938, -0.261988229, 2.545091559, 1.222133785, 0.683814451, -1.488273628],
+            [1.652415077, 0.188805162, -1.612863909, -0.862939049, 0.166248669, 0.468334049],
+            [-2.226312457, 1.284017124, -2.283827131, 0.365460562, 2.494161413, 0.366500488]]),
+    }),
+    "dkd_ls_imagenet": (lambda s, t, y: L.dkd(s, t, y, alpha=9.0, beta=4.5, temperature=2.0,
+                                              standardize=True), {
+        "common": (3.461766329, [[-0.165718999, 0.34985121, -0.184132212],
+                                 [0.68715216, -0.294493723, -0.392658437]]),
+        "b3k6": (3.010645217, [
+            [-0.768870914, 0.029318573, 0.317205186, 0.422331973, 0.018902274, -0.018887091],
+            [0.156231396, 0.080095291, -0.064463623, -0.365029401, 0.146846526, 0.04631981],
+            [-0.074226641, 0.199399633, -0.709521054, 0.041023538, 0.257308877, 0.286015646]]),
+    }),
+    "dkd_ls_t4": (lambda s, t, y: L.dkd(s, t, y, alpha=1.0, beta=8.0, temperature=4.0,
+                                        standardize=True), {
+        "common": (0.504545851, [[-0.202043517, 0.426536354, -0.224492837],
+                                 [0.239393948, -0.102597405, -0.136796543]]),
+    }),
+    # NKD: the reference's ImageNet (tau 1, gamma 1.5) and CIFAR-100 (tau 3, gamma 3.5) settings.
+    "nkd_imagenet": (lambda s, t, y: L.nkd(s, t, y, temperature=1.0, gamma=1.5), {
+        "common": (2.042340363, [[-0.1532879, 0.093898149, 0.059389751],
+                                 [-0.014086449, 0.293697905, -0.279611456]]),
+        "b3k6": (3.783797639, [
+            [-0.17616384, -0.043196482, 0.072819792, 0.259278255, -0.042959051, -0.069778675],
+            [0.013324264, -0.007277969, -0.079251586, -0.151871613, 0.242157107, -0.017080203],
+            [-0.13155114, 0.044256176, -0.19847056, -0.070406409, 0.044472171, 0.311699762]]),
+    }),
+    "nkd_cifar": (lambda s, t, y: L.nkd(s, t, y, temperature=3.0, gamma=3.5), {
+        "common": (22.430061968, [[-0.1532879, 0.066309586, 0.086978314],
+                                  [-0.167728945, 0.447340401, -0.279611456]]),
+        "b3k6": (52.798525393, [
+            [-0.17616384, -0.135579855, 0.258763353, 0.426324619, -0.200636196, -0.172708082],
+            [0.145034464, 0.044206459, -0.338768624, -0.151871613, 0.490087775, -0.188688461],
+            [-0.3655333, 0.179362251, -0.19847056, -0.343690551, 0.235192716, 0.493139444]]),
+    }),
+}
+INPUTS = {"common": (ZS, ZT, Y), "b3k6": (ZS6, ZT6, Y6)}
+
+
+@functools.lru_cache(maxsize=None)
+def _golden_results(inputs):
+  """{name: (value, student gradient)} of every GOLDEN case on `inputs`, in one jit."""
+  names = [n for n in GOLDEN if inputs in GOLDEN[n][1]]
+  fn = jax.jit(lambda s, t, y: {n: jax.value_and_grad(GOLDEN[n][0])(s, t, y) for n in names})
+  return fn(*INPUTS[inputs])
+
+
+@pytest.mark.parametrize("name,inputs", [(n, i) for n in GOLDEN for i in GOLDEN[n][1]])
+def test_ls_and_nkd_golden_values_and_gradients(name, inputs):
+  want_value, want_grad = GOLDEN[name][1][inputs]
+  got_value, got_grad = _golden_results(inputs)[name]
+  close(got_value, want_value)
+  # Gradients: float32 against float64; DKD+LS's beta 72 amplifies round-off to ~1e-6.
+  close(got_grad, want_grad, rtol=1e-5, atol=5e-6)
+
+
+def test_nkd_golden_parts():
+  # The reference's two terms on the common inputs (the same script): the target term
+  # -mean_b p_t[g] log p_s[g] = 1.236105 at tau = 1 whatever the setting, and the non-target
+  # term 0.806235 (tau 1, gamma 1.5), 21.193957 (tau 3, gamma 3.5).
+  close(L.nkd(ZS, ZT, Y, temperature=1.0, gamma=0.0), 1.2361052031)
+  close(L.nkd(ZS, ZT, Y, temperature=1.0, gamma=1.5) - 1.2361052031, 0.8062351595)
+  close(L.nkd(ZS, ZT, Y, temperature=3.0, gamma=3.5) - 1.2361052031, 21.1939567651, rtol=2e-5)
+
+
+@jax.jit
+def _ls_identity(s, t, y):
+  """Plain and LS losses on logits that are already standardized (zero mean, unit std)."""
+  zs, zt = L.standardize(s), L.standardize(t)
+  plain = (L.kd(zs, zt, temperature=2.0),
+           L.dkd(zs, zt, y, alpha=9.0, beta=72.0, temperature=2.0))
+  ls = (L.kd(zs, zt, temperature=2.0, standardize=True),
+        L.dkd(zs, zt, y, alpha=9.0, beta=72.0, temperature=2.0, standardize=True))
+  # LS ignores each row's offset and (positive) scale: only the logits' relations count.
+  scaled = (L.kd(3.0 * s - 2.0, 0.5 * t + 4.0, temperature=2.0, standardize=True),
+            L.dkd(3.0 * s - 2.0, 0.5 * t + 4.0, y, alpha=9.0, beta=72.0, temperature=2.0,
+                  standardize=True))
+  return plain, ls, scaled
+
+
+def test_ls_on_standardized_logits_is_plain_kd_and_dkd():
+  s, t, y = random_inputs(20)
+  plain, ls, scaled = _ls_identity(s, t, y)
+  close(ls, plain, rtol=2e-5, atol=1e-5)  # the 1e-7 added to the std is all that differs
+  close(scaled, ls, rtol=2e-5, atol=1e-5)
+  # And it differs from plain KD on raw logits (the option is not silently ignored).
+  assert abs(float(J["kd"](s, t, temperature=2.0)) - float(ls[0])) > 1e-2
+
+
+@jax.jit
+def _traced_option(s, t, y, on):
+  return (L.kd(s, t, temperature=2.0, standardize=on),
+          L.dkd(s, t, y, alpha=1.0, beta=8.0, temperature=2.0, standardize=on))
+
+
+def test_ls_option_as_a_traced_argument():
+  # A traced `standardize` (a caller jitting over it) selects the same values as the bool.
+  s, t, y = random_inputs(21)
+  close(_traced_option(s, t, y, jnp.asarray(True)),
+        (value("kd_ls", s, t, y), value("dkd_ls", s, t, y)))
+  plain = _traced_option(s, t, y, jnp.asarray(False))
+  close(plain[0], J["kd"](s, t, temperature=2.0))
+  close(plain[1], J["dkd"](s, t, y, alpha=1.0, beta=8.0, temperature=2.0))
+
+
+@jax.jit
+def _nkd_decomposition(s, t, y):
+  """NKD from DKD's NCKD and the teacher's entropies (docs/methods.md#nkd)."""
+  tau, gamma = 3.0, 3.5
+  _, nckd = L.dkd_parts(s, t, y, temperature=tau)  # tau^2 KL(q_t || q_s) per sample
+  log_p_s = jax.nn.log_softmax(s)
+  p_t = jax.nn.softmax(t)
+  target = -jnp.take_along_axis(p_t * log_p_s, y[:, None], axis=-1)[:, 0]
+  gt = jax.nn.one_hot(y, s.shape[-1], dtype=jnp.bool_)
+  q_t = jax.nn.softmax(jnp.where(gt, -jnp.inf, t / tau))
+  entropy = -jnp.sum(jnp.where(gt, 0.0, q_t * jnp.log(jnp.where(gt, 1.0, q_t))), axis=-1)
+  want = jnp.mean(target + gamma * (nckd + tau**2 * entropy))
+  return L.nkd(s, t, y, temperature=tau, gamma=gamma), want
+
+
+def test_nkd_is_target_ce_plus_nckd_plus_teacher_entropy():
+  # Non-target cross-entropy = KL + the teacher's entropy: NKD's non-target part is DKD's
+  # NCKD plus a constant, so its student gradient is gamma times NCKD's.
+  got, want = _nkd_decomposition(*random_inputs(22))
+  close(got, want, rtol=1e-5, atol=1e-5)

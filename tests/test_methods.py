@@ -26,7 +26,39 @@ def test_adapters_receive_only_their_losses_hyperparameters():
   assert terms['cc'].connector_hparams == {'dim': 128}
   assert terms['reviewkd'].hparams == {} and terms['reviewkd'].connector_hparams == {
       'max_mid_channels': 512}
-  assert terms['kd'].hparams == {'temperature': 2.0} and terms['kd'].group_size == 0
+  assert terms['kd'].hparams == {'temperature': 2.0, 'standardize': False}
+  assert terms['kd'].group_size == 0
+
+
+def test_logit_terms_pass_their_options_to_the_pure_losses():
+  # LS on kd / dkd and NKD's hyperparameters reach kdjax.losses unchanged.
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from kdjax import losses  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  s, t = (rng.normal(size=(4, 5)).astype(np.float32) for _ in range(2))
+  y = np.array([0, 3, -1, 2], np.int32)
+  terms = {x.name: x for x in methods.build_terms({
+      'kd': dict(weight=9.0, temperature=2.0, standardize=True),
+      'dkd': dict(weight=1.0, alpha=9.0, beta=72.0, temperature=2.0, standardize=True),
+      'nkd': dict(weight=1.0, temperature=3.0, gamma=3.5)})}
+
+
+  @jax.jit
+  def values(s, t, y):
+    got = {n: term({'student': {'logits': s}, 'teacher': {'logits': t}}, y)
+           for n, term in terms.items()}
+    want = {'kd': losses.kd(s, t, temperature=2.0, standardize=True),
+            'dkd': losses.dkd(s, t, y, alpha=9.0, beta=72.0, temperature=2.0,
+                              standardize=True),
+            'nkd': losses.nkd(s, t, y, temperature=3.0, gamma=3.5)}
+    return got, want, losses.kd(s, t, temperature=2.0)
+
+  got, want, plain_kd = values(s, t, y)
+  for name in terms:
+    np.testing.assert_allclose(got[name], want[name], rtol=1e-6)
+  assert terms['nkd'].group_size == 0  # per-sample: no grouping
+  assert abs(float(got['kd']) - float(plain_kd)) > 1e-3
 
 
 def test_a_key_in_two_groups_is_refused():
@@ -108,3 +140,19 @@ def test_a_method_registered_in_a_users_recipe_file_trains(tmp_path, digits_data
   assert len(values) == 2 and all(v >= 0 for v in values)
   with pytest.raises(KdjaxError, match="unknown method 'top1_margin'"):
     methods.build_terms({'top1_margin': dict(weight=1.0)})
+
+
+def test_ls_and_nkd_terms_train_a_step(digits_data_dir):
+  # In the trainer, on the few-labels digits batch (unlabeled rows, labels -1): KD with logit
+  # standardization and NKD give finite terms and a finite update.
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  config, _ = conftest.load_recipe('digits_kd', 'smoke')
+  with config.unlocked():
+    config.data_dir = digits_data_dir
+    config.losses = {'ce': dict(weight=1.0),
+                     'kd': dict(weight=9.0, temperature=2.0, standardize=True),
+                     'nkd': dict(weight=1.0, temperature=3.0, gamma=3.5)}
+  run = conftest.Run(config, seed=config.seed)
+  metrics = run.step()
+  assert all(np.isfinite(float(metrics[k])) for k in ('loss', 'loss/kd', 'loss/nkd'))
+  assert float(metrics['loss/kd']) > 0 and float(metrics['loss/nkd']) > 0

@@ -244,6 +244,16 @@ def test_a_key_added_since_the_run_started_is_no_change_at_its_default():
       'input.random_erasing: 0.0 -> 0.25']
 
 
+def test_a_loss_hyperparameter_added_since_the_run_started_is_no_change_at_its_default():
+  # A KD run saved before kd had `standardize` resumes; switching it on is a change.
+  saved = {'seed': 0, 'losses': {'kd': {'weight': 0.9, 'temperature': 4.0}}}
+  now = {'seed': 0, 'losses': {'kd': {'weight': 0.9, 'temperature': 4.0, 'standardize': False}}}
+  assert workdir_lib.config_changes(saved, now, train.resume_defaults(now)) == ([], [])
+  now['losses']['kd']['standardize'] = True
+  assert workdir_lib.config_changes(saved, now, train.resume_defaults(now))[0] == [
+      'losses.kd.standardize: false -> true']
+
+
 # --------------------------------------------------------------------------------------------
 # Bad values: one KdjaxError at set-up, before anything is written.
 # --------------------------------------------------------------------------------------------

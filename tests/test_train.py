@@ -157,7 +157,7 @@ def test_warmup_factor_is_per_one_based_epoch():
   np.testing.assert_allclose([term.factor(1), term.factor(5), term.factor(20), term.factor(30)],
                              [0.05, 0.25, 1.0, 1.0])
   plain = methods.build_terms(ml_collections.ConfigDict({'kd': dict(weight=0.9)}))[0]
-  assert plain.factor(1) == 1.0 and plain.hparams == {'temperature': 4.0}
+  assert plain.factor(1) == 1.0 and plain.hparams == {'temperature': 4.0, 'standardize': False}
 
 
 def _pixels(config):

@@ -16,6 +16,7 @@ from kdjax.losses.logits import kd
 from kdjax.losses.logits import kl_divergence
 from kdjax.losses.logits import mlkd
 from kdjax.losses.logits import mlkd_parts
+from kdjax.losses.logits import nkd
 from kdjax.losses.logits import ofa
 from kdjax.losses.logits import skd
 from kdjax.losses.logits import soft_cross_entropy

@@ -1,5 +1,5 @@
-"""Response-based (logit) distillation losses: KD, DKD, DIST, WSL, SKD, DML/SSLD, OFA, MLKD,
-WKD-L.
+"""Response-based (logit) distillation losses: KD, DKD, NKD, DIST, WSL, SKD, DML/SSLD, OFA,
+MLKD, CTKD, WKD-L.
 
 Every function here is pure and jit-friendly: positional arrays first, keyword-only
 hyperparameters after, and it returns a float32 scalar reduced the way the reference
@@ -19,7 +19,7 @@ Conventions shared by all functions:
 * Log-probabilities always come from ``log_softmax`` (or an equivalent log-space
   expression), never from ``log(softmax(.))``: values and gradients stay finite for logit
   gaps far beyond float32's ``exp`` range.
-* Losses that need the label of a row (DKD, WSL, OFA, and the CE part of SKD) skip rows
+* Losses that need the label of a row (DKD, NKD, WSL, OFA, and the CE part of SKD) skip rows
   whose label is ``-1``: their per-sample terms are set to zero and the batch mean is taken
   over the labelled rows only (``0`` with finite, zero gradients when no row is labelled).
   With every label valid this is exactly the reference's mean over the batch.
@@ -40,11 +40,13 @@ __all__ = [
     "kl_divergence",
     "mlkd",
     "mlkd_parts",
+    "nkd",
     "ofa",
     "sinkhorn",
     "skd",
     "wkd_l",
     "wkd_target",
+    "standardize",
     "wsl",
 ]
 
@@ -217,8 +219,16 @@ def standardize(logits, *, eps=1e-7):
   return centred / (eps + std)
 
 
-# For losses whose `standardize` keyword hides the function's name.
-_standardize = standardize
+def _standardized(on, *logits):
+  """The LS option of a logit loss: every array through :func:`standardize` when ``on``.
+
+  ``on`` is normally a Python bool (a recipe's hyperparameter, fixed at trace time); a JAX
+  boolean (e.g. traced, when a caller jits the loss with ``standardize`` as an argument)
+  selects with ``where``.
+  """
+  if isinstance(on, jax.Array):
+    return tuple(jnp.where(on, standardize(z), z) for z in logits)
+  return tuple(standardize(z) for z in logits) if on else logits
 
 
 def cross_entropy(logits, labels, *, label_smoothing=0.0):
@@ -305,17 +315,24 @@ def kl_divergence(teacher_logits, student_logits):
                         jax.nn.log_softmax(student_logits, axis=-1))
 
 
-def kd(student_logits, teacher_logits, *, temperature):
+def kd(student_logits, teacher_logits, *, temperature, standardize=False):
   r"""Hinton knowledge distillation: temperature-scaled KL, "batchmean" reduction.
 
   .. math::
     L_{KD} = \tau^2 \, \frac{1}{B} \sum_b \sum_k p_t[b,k] (\log p_t[b,k] - \log p_s[b,k]),
-    \qquad \log p = \mathrm{log\_softmax}(z / \tau)
+    \qquad \log p = \mathrm{log\_softmax}(\hat z / \tau)
+
+  with ``\hat z = z``, or with logit standardization (``standardize=True``, Sun et al. CVPR
+  2024) ``\hat z = \mathcal{Z}(z)`` of :func:`standardize` on both sides, before the
+  temperature, as the reference's ``kd_loss`` does. Standardized, the loss no longer depends
+  on each row's logit scale: only the relations between the logits are matched.
 
   Args:
     student_logits: ``[B, K]``.
     teacher_logits: ``[B, K]`` (stop-gradiented).
-    temperature: ``tau`` (mdistiller: 4 on CIFAR-100, 1 on ImageNet).
+    temperature: ``tau`` (mdistiller: 4 on CIFAR-100, 1 on ImageNet; with LS the
+      reference's "base temperature", 2).
+    standardize: apply logit standardization to both sides first (``K >= 2``).
 
   Returns:
     float32 scalar: sum over classes, mean over the batch, times ``tau^2``. No labels are
@@ -324,16 +341,19 @@ def kd(student_logits, teacher_logits, *, temperature):
   References:
     Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", 2015.
     mdistiller ``mdistiller/distillers/KD.py`` (``kd_loss``); docs/methods.md#kd.
+    LS: Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024;
+    sunshangquan/logit-standardization-KD ``mdistiller/distillers/KD.py``.
   """
   s, t = as_f32(student_logits, teacher_logits)
   _check_logits(("student_logits", s), ("teacher_logits", t))
   t = jax.lax.stop_gradient(t)
+  s, t = _standardized(standardize, s, t)
   per_sample = _kl_per_sample(jax.nn.log_softmax(t / temperature, axis=-1),
                               jax.nn.log_softmax(s / temperature, axis=-1))
   return temperature**2 * jnp.mean(per_sample)
 
 
-def dkd_parts(student_logits, teacher_logits, labels, *, temperature):
+def dkd_parts(student_logits, teacher_logits, labels, *, temperature, standardize=False):
   r"""Per-sample TCKD and NCKD of Decoupled KD, each already multiplied by ``tau^2``.
 
   With ``g = labels[b]``, ``b = [p[g], 1 - p[g]]`` and ``q`` the softmax over the ``K - 1``
@@ -349,13 +369,16 @@ def dkd_parts(student_logits, teacher_logits, labels, *, temperature):
   exactly. The reference's ``-1000`` mask on ``z / tau`` is replaced by an exact exclusion of
   the target class: identical values wherever the reference's ``exp(-1000 + ...)``
   underflows (any realistic logits), and finite where the reference's ``log(1 - p_s[g])``
-  is ``-inf`` (a student logit gap above ~104 tau in float32).
+  is ``-inf`` (a student logit gap above ~104 tau in float32). With ``standardize=True``
+  both sides' logits first go through :func:`standardize` (logit standardization), before the
+  temperature and the split, as in the LS reference's ``dkd_loss``.
 
   Args:
     student_logits: ``[B, K]``.
     teacher_logits: ``[B, K]`` (stop-gradiented).
     labels: int ``[B]``; rows with ``-1`` get ``TCKD_b = NCKD_b = 0``.
     temperature: ``tau``.
+    standardize: apply logit standardization to both sides first.
 
   Returns:
     ``(tckd, nckd)``: two float32 ``[B]`` arrays (no batch reduction).
@@ -368,6 +391,7 @@ def dkd_parts(student_logits, teacher_logits, labels, *, temperature):
   batch, num_classes = _check_logits(("student_logits", s), ("teacher_logits", t))
   valid, safe = _split_labels(labels, batch)
   t = jax.lax.stop_gradient(t)
+  s, t = _standardized(standardize, s, t)
   gt_mask = jax.nn.one_hot(safe, num_classes, dtype=jnp.bool_)
   log_b_s, log_q_s = _dkd_log_probs(s, gt_mask, temperature)
   log_b_t, log_q_t = _dkd_log_probs(t, gt_mask, temperature)
@@ -378,7 +402,8 @@ def dkd_parts(student_logits, teacher_logits, labels, *, temperature):
   return (jnp.where(valid, scale * tckd, 0.0), jnp.where(valid, scale * nckd, 0.0))
 
 
-def dkd(student_logits, teacher_logits, labels, *, alpha, beta, temperature):
+def dkd(student_logits, teacher_logits, labels, *, alpha, beta, temperature,
+        standardize=False):
   r"""Decoupled Knowledge Distillation.
 
   .. math::
@@ -396,6 +421,8 @@ def dkd(student_logits, teacher_logits, labels, *, alpha, beta, temperature):
     alpha: TCKD weight (1.0 everywhere in mdistiller).
     beta: NCKD weight (8.0 CIFAR default, 0.5 ImageNet R34->R18).
     temperature: ``tau`` (4 CIFAR, 1 ImageNet).
+    standardize: logit standardization of both sides first (:func:`dkd_parts`); the LS
+      reference then uses ``tau = 2`` and multiplies ``alpha`` and ``beta`` by 9.
 
   Returns:
     float32 scalar.
@@ -403,8 +430,10 @@ def dkd(student_logits, teacher_logits, labels, *, alpha, beta, temperature):
   References:
     Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022.
     mdistiller ``mdistiller/distillers/DKD.py`` (``dkd_loss``); docs/methods.md#dkd.
+    LS: sunshangquan/logit-standardization-KD ``mdistiller/distillers/DKD.py``.
   """
-  tckd, nckd = dkd_parts(student_logits, teacher_logits, labels, temperature=temperature)
+  tckd, nckd = dkd_parts(student_logits, teacher_logits, labels, temperature=temperature,
+                         standardize=standardize)
   valid = _check_labels(labels, tckd.shape[0]) >= 0
   return alpha * _masked_mean(tckd, valid) + beta * _masked_mean(nckd, valid)
 
@@ -450,13 +479,59 @@ def ctkd(student_logits, teacher_logits, labels, temperature, *, base="kd", dkd_
     raise ValueError(f"temperature must be a scalar (one global temperature), got shape "
                      f"{tau.shape}")
   tau = tau.reshape(())
-  if standardize:
-    s, t = _standardize(s), _standardize(t)
   if base == "kd":
-    return kd(s, t, temperature=tau)
+    return kd(s, t, temperature=tau, standardize=standardize)
   if base == "dkd":
-    return dkd(s, t, labels, alpha=dkd_alpha, beta=dkd_beta, temperature=tau)
+    return dkd(s, t, labels, alpha=dkd_alpha, beta=dkd_beta, temperature=tau,
+               standardize=standardize)
   raise ValueError(f"base must be 'kd' or 'dkd', got {base!r}")
+def nkd(student_logits, teacher_logits, labels, *, temperature, gamma):
+  r"""Normalized KD: target soft label at ``tau = 1`` plus a normalized non-target part.
+
+  With ``g = labels[b]``, ``p = softmax(z)`` (no temperature) and ``q^tau`` the softmax of
+  ``z / tau`` over the ``K - 1`` non-target classes (the target class removed, the rest
+  renormalised to sum to one, on both sides):
+
+  .. math::
+    L_{NKD} = \mathrm{mean}_b \Big( -p_t[b,g] \log p_s[b,g]
+      \; - \; \gamma \tau^2 \sum_{k \ne g} q^\tau_t[b,k] \log q^\tau_s[b,k] \Big)
+
+  The teacher's target probability is a weight only (stop-gradiented, like the whole
+  teacher). Both parts are cross-entropies, not KL divergences, as in the reference: the value
+  includes ``-p_t[g] log p_t[g] + gamma tau^2 H(q_t)`` and is not zero when ``z_s = z_t``; the
+  gradient is that of the KL form. ``log q`` is computed in log space with the target class
+  excluded exactly (as :func:`dkd_parts`), so values and gradients stay finite for any logit gap.
+
+  Args:
+    student_logits: ``[B, K]``, ``K >= 2``.
+    teacher_logits: ``[B, K]`` (stop-gradiented).
+    labels: int ``[B]``, the target class; rows labelled ``-1`` are excluded and the mean
+      is over the labelled rows only (0 if there are none). With every label valid this is the
+      reference's batch mean. (The reference takes the argmax of soft labels; kdjax's trainer
+      passes the dominant class of mixed targets, the same thing.)
+    temperature: ``tau`` of the non-target part (1 on ImageNet, 3 in the reference's
+      CIFAR-100 config).
+    gamma: weight of the non-target part (1.5 on ImageNet, 3.5 on CIFAR-100).
+
+  Returns:
+    float32 scalar.
+
+  References:
+    Yang, Zeng, Yuan, Li, "From Knowledge Distillation to Self-Knowledge Distillation: A
+    Unified Approach with Normalized Loss and Customized Soft Labels", ICCV 2023.
+    yzd-v/cls_KD ``mmcls/models/dis_losses/nkd.py`` (``NKDLoss``); docs/methods.md#nkd.
+  """
+  s, t = as_f32(student_logits, teacher_logits)
+  batch, num_classes = _check_logits(("student_logits", s), ("teacher_logits", t))
+  valid, safe = _split_labels(labels, batch)
+  t = jax.lax.stop_gradient(t)
+  gt_mask = jax.nn.one_hot(safe, num_classes, dtype=jnp.bool_)
+  target = -(_take(jax.nn.softmax(t, axis=-1), safe)
+             * _take(jax.nn.log_softmax(s, axis=-1), safe))
+  _, log_q_s = _dkd_log_probs(s, gt_mask, temperature)
+  _, log_q_t = _dkd_log_probs(t, gt_mask, temperature)
+  nontarget = -jnp.sum(jnp.where(gt_mask, 0.0, jnp.exp(log_q_t) * log_q_s), axis=-1)
+  return _masked_mean(target + gamma * temperature**2 * nontarget, valid)
 
 
 def dist(student_logits, teacher_logits, *, beta, gamma, temperature):
@@ -710,9 +785,9 @@ def mlkd_parts(student_weak, teacher_weak, student_strong, teacher_strong, *, te
   row_share = _below_median_share(jnp.max(p_tw, axis=-1))      # instance / batch mask
   class_share = _below_median_share(jnp.sum(p_tw, axis=0))     # class mask
   taus = jnp.asarray((temperature,) + MLKD_TEMPERATURES, jnp.float32)
-  z = globals()["standardize"] if standardize else (lambda x: x)
-  kd_weak = _kd_at_temperatures(z(sw), z(tw), taus)            # [5]
-  kd_strong = _kd_at_temperatures(z(ss), z(ts), taus[:3])      # [3]
+  zsw, ztw, zss, zts = _standardized(standardize, sw, tw, ss, ts)
+  kd_weak = _kd_at_temperatures(zsw, ztw, taus)                # [5]
+  kd_strong = _kd_at_temperatures(zss, zts, taus[:3])          # [3]
   class_gaps, batch_gaps = _gram_gaps(sw, tw, taus)            # [5] each, raw logits
   return {"instance_weak": row_share * jnp.sum(kd_weak),
           "instance_strong": jnp.sum(kd_strong) + jnp.sum(kd_weak[3:]),
