@@ -156,9 +156,23 @@ def max_pool(x, window, stride, padding):
   return _max_pool(x, window, stride, padding)
 
 
+def _max_pool_taps(x, window, stride, padding):
+  """The window's window**2 offsets (row-major) as strided slices of the -inf-padded input:
+  [(i, j, tap [B, Ho, Wo, C])], tap[b, r, s] = padded x[b, i + r stride, j + s stride]."""
+  b, h, w, c = x.shape
+  ho = (h + 2 * padding - window) // stride + 1
+  wo = (w + 2 * padding - window) // stride + 1
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
+               constant_values=-jnp.inf)
+  return [(i, j, jax.lax.slice(xp, (0, i, j, 0), (b, i + (ho - 1) * stride + 1,
+                                                  j + (wo - 1) * stride + 1, c),
+                               (1, stride, stride, 1)))
+          for i in range(window) for j in range(window)], xp.shape
+
+
 def _max_pool_forward(x, window, stride, padding):
-  return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, (1, window, window, 1),
-                               (1, stride, stride, 1),
+  return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max,
+                               (1, window, window, 1), (1, stride, stride, 1),
                                ((0, 0), (padding, padding), (padding, padding), (0, 0)))
 
 
@@ -174,24 +188,19 @@ def _max_pool_fwd(x, window, stride, padding):
 
 def _max_pool_bwd(window, stride, padding, res, g):
   x, y = res
-  b, h, w, c = x.shape
-  _, ho, wo, _ = y.shape
-  pad = ((0, 0), (padding, padding + window), (padding, padding + window), (0, 0))
-  xp = jnp.pad(x, pad, constant_values=-jnp.inf)
-  hp, wp = xp.shape[1], xp.shape[2]
+  h, w = x.shape[1:3]
+  ho, wo = y.shape[1:3]
+  taps, (_, hp, wp, _) = _max_pool_taps(x, window, stride, padding)
   taken = jnp.zeros(y.shape, bool)
-  grad = jnp.zeros(xp.shape, g.dtype)
-  for i in range(window):
-    for j in range(window):
-      tap = jax.lax.slice(xp, (0, i, j, 0), (b, i + (ho - 1) * stride + 1,
-                                             j + (wo - 1) * stride + 1, c), (1, stride, stride, 1))
-      first = (tap == y) & ~taken
-      taken |= first
-      routed = jnp.where(first, g, 0.0).astype(g.dtype)
-      # Output (r, s) sits at padded input (i + r stride, j + s stride).
-      grad = grad + jax.lax.pad(routed, jnp.zeros((), g.dtype), (
-          (0, 0, 0), (i, hp - i - (ho - 1) * stride - 1, stride - 1),
-          (j, wp - j - (wo - 1) * stride - 1, stride - 1), (0, 0, 0)))
+  grad = jnp.zeros((x.shape[0], hp, wp, x.shape[3]), g.dtype)
+  for i, j, tap in taps:
+    first = (tap == y) & ~taken
+    taken |= first
+    routed = jnp.where(first, g, 0.0).astype(g.dtype)
+    # Output (r, s) sits at padded input (i + r stride, j + s stride).
+    grad = grad + jax.lax.pad(routed, jnp.zeros((), g.dtype), (
+        (0, 0, 0), (i, hp - i - (ho - 1) * stride - 1, stride - 1),
+        (j, wp - j - (wo - 1) * stride - 1, stride - 1), (0, 0, 0)))
   return (grad[:, padding:padding + h, padding:padding + w],)
 
 
