@@ -111,11 +111,11 @@ def _trace_recipe(name, data_dir):
 
 
 # Not traced: dkd_r34_r18 (run through the CLI above), and the LS recipes, which are
-# kd_r34_r18 (traced) and dkd_r34_r18 with `standardize` on and other weights, so tracing them
-# (about 30 s of CPU each) would repeat those; their terms are built by
+# kd_r34_r18 (traced), dkd_r34_r18 and mlkd_r34_r18 (traced) with `standardize` on and other
+# weights, so tracing them (about 30 s of CPU each) would repeat those; their terms are built by
 # test_recipe_is_complete, the LS losses are golden-tested, and a compiled train step with LS
 # runs in test_methods.py.
-NOT_TRACED = ('dkd_r34_r18', 'kd_ls_r34_r18', 'dkd_ls_r34_r18')
+NOT_TRACED = ('dkd_r34_r18', 'kd_ls_r34_r18', 'dkd_ls_r34_r18', 'mlkd_ls_r34_r18')
 
 
 @pytest.mark.slow
