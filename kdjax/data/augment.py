@@ -172,14 +172,14 @@ def _affine(image, matrix, fill, interpolation='BILINEAR'):
   return tf.where(inside[..., None], tf.floor(moved), fill)
 
 
-def rotate(image, degrees, fill):
+def rotate(image, degrees, fill, interpolation='BILINEAR'):
   """PIL's Image.rotate(degrees): counter-clockwise about the image centre (w / 2, h / 2)."""
   angle = -tf.cast(degrees, tf.float32) * (math.pi / 180.0)
   cos, sin = tf.cos(angle), tf.sin(angle)
   cx = tf.cast(tf.shape(image)[1], tf.float32) / 2
   cy = tf.cast(tf.shape(image)[0], tf.float32) / 2
   matrix = (cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy)
-  return _affine(image, matrix, fill)
+  return _affine(image, matrix, fill, interpolation)
 
 
 def shear_x(image, factor, fill):
@@ -401,7 +401,7 @@ def _fixmatch_op(name, image, v):
       'Equalize': lambda: equalize(image),
       'Identity': lambda: image,
       'Posterize': lambda: posterize(image, tf.maximum(1, _int(v))),
-      'Rotate': lambda: _rotate_nearest(image, v, black),
+      'Rotate': lambda: rotate(image, v, black, 'NEAREST'),  # PIL's default resampling
       'Sharpness': lambda: sharpness(image, v),
       'ShearX': lambda: _affine(image, (1.0, v, 0.0, 0.0, 1.0, 0.0), black, 'NEAREST'),
       'ShearY': lambda: _affine(image, (1.0, 0.0, 0.0, v, 1.0, 0.0), black, 'NEAREST'),
@@ -411,16 +411,6 @@ def _fixmatch_op(name, image, v):
                                     'NEAREST'),
   }
   return ops[name]()
-
-
-def _rotate_nearest(image, degrees, fill):
-  """PIL's Image.rotate(degrees) with its default (nearest) resampling."""
-  angle = -tf.cast(degrees, tf.float32) * (math.pi / 180.0)
-  cos, sin = tf.cos(angle), tf.sin(angle)
-  cx = tf.cast(tf.shape(image)[1], tf.float32) / 2
-  cy = tf.cast(tf.shape(image)[0], tf.float32) / 2
-  matrix = (cos, sin, cx - cos * cx - sin * cy, -sin, cos, cy + sin * cx - cos * cy)
-  return _affine(image, matrix, fill, 'NEAREST')
 
 
 def cutout(image, seed, fill=FIXMATCH_CUTOUT_FILL):
