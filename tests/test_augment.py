@@ -290,9 +290,11 @@ def test_random_resized_crop_flip_on_decoded_images(rgb):
   flat = np.full((32, 32, 3), 90, np.uint8)
   np.testing.assert_array_equal(op(tf.constant(flat), tf.constant([1, 2], tf.int64)), 90)
   # scale = ratio = 1 on a square image: the whole image, resized to itself, maybe flipped.
-  whole = [preprocess._random_resized_crop_flip(  # pylint: disable=protected-access
-      tf.constant(cifar), tf.constant([0, s], tf.int64), size=32, scale=(1.0, 1.0),
-      ratio=(1.0, 1.0)).numpy() for s in range(8)]
+  view = preprocess.apply_window('random_resized_crop_flip', image_size=32)
+  draw = preprocess._random_resized_window  # pylint: disable=protected-access
+  whole = [view(tf.constant(cifar), draw(tf.constant(cifar), tf.constant([0, s], tf.int64),
+                                         scale=(1.0, 1.0), ratio=(1.0, 1.0))).numpy()
+           for s in range(8)]
   for out in whole:
     assert np.array_equal(out, cifar) or np.array_equal(out, cifar[:, ::-1])
   assert any(np.array_equal(out, cifar[:, ::-1]) for out in whole)

@@ -192,8 +192,8 @@ def test_a_finished_run_is_kept_and_refused_when_its_recipe_changed(tmp_path, di
   assert [s['status'] for s in sessions] == ['finished']
   original = harness.config_for
 
-  def edited_recipe(e, seed):
-    config = original(e, seed)
+  def edited_recipe(e, seed, root='.'):
+    config = original(e, seed, root)
     config.optimizer.learning_rate = 0.5  # as if configs/digits_kd.py had been edited
     return config
   monkeypatch.setattr(harness, 'config_for', edited_recipe)
