@@ -96,6 +96,7 @@ def benchmark(config, steps=20, input_only=False, *, torch_threads=None, rounds=
   # The input pipeline alone, first, on a fresh iterator: 2 warm-up batches, then enough
   # batches that the prefetch buffer cannot hide the work.
   store = train.open_teacher_cache(setup)  # teacher.cache: the step reads recorded logits
+  results['teacher_outputs'] = 'cache' if store is not None else 'online'
 
   def pipeline():
     return input_pipeline.train_batches(config, setup.data.builder, start_step=0,
@@ -295,6 +296,9 @@ def format_table(results) -> str:
       if torch and f'torch_{key}' in results:
         line += f"{results[f'torch_{key}']:>10.1f}{results[f'ratio_{key}']:>7.2f}x"
       lines.append(line if torch else line + ' images/s')
+      if key == 'distill_step' and results.get('teacher_outputs') == 'cache':
+        lines.append('    (kdjax reads the teacher\'s outputs from teacher.cache'
+                     + ('; PyTorch runs its teacher online)' if torch else ')'))
   if 'input_reader' in results:
     lines.append(f"  input reader                {results['input_reader']:>10s}")
   if 'distill_over_sum' in results:

@@ -51,6 +51,11 @@ def test_measure_alternates_and_reports_ratios_and_load():
   table = bench.format_table({'devices': 1, 'device_kind': 'cpu', 'config_batch_size': 32,
                               'steps': 3, 'torch_version': 'x', 'torch_threads': 2, **out})
   assert '2.00x' in table and 'PyTorch' in table
+  assert 'teacher.cache' not in table
+  cached = bench.format_table({'devices': 1, 'device_kind': 'cpu', 'config_batch_size': 32,
+                               'steps': 3, 'torch_version': 'x', 'torch_threads': 2,
+                               'teacher_outputs': 'cache', **out})
+  assert 'PyTorch runs its teacher online' in cached  # a cached step is labelled as such
 
 
 def test_other_load_sees_a_busy_process():

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdjax import taps
+from kdjax import layers, taps
 from kdjax.errors import KdjaxError
 from kdjax.models import MODELS, get_model, model_names
 from kdjax.models.common import param_count
@@ -251,7 +251,7 @@ def test_batchnorm_and_conv_settings(name, train):
     jax.eval_shape(
         lambda v, x: model.apply(v, x, train=train, mutable=['batch_stats']), variables, x
     )
-  bns = [m for m in seen if isinstance(m, nn.BatchNorm)]
+  bns = [m for m in seen if isinstance(m, layers.BatchNorm)]
   convs = [m for m in seen if isinstance(m, nn.Conv)]
   assert convs
   assert bool(bns) == (name != 'cnn4')
@@ -386,6 +386,51 @@ def test_max_pool_equals_flax_and_routes_ties_to_the_first_maximum(shape, window
   # JAX's own gradient routes each output to its first maximum, as PyTorch's kernels do
   # (checked against torch.nn.functional.max_pool2d on these inputs).
   np.testing.assert_allclose(jax.vjp(mine, x)[1](g)[0], jax.vjp(native, x)[1](g)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize('shape, dtype', [
+    ((4, 5, 6, 8), jnp.float32),   # NHWC maps
+    ((6, 12), jnp.float32),        # BatchNorm1d
+    ((4, 3, 3, 8), jnp.bfloat16)])  # bf16 compute: statistics still in float32
+def test_batch_norm_equals_flax_in_values_statistics_and_gradients(shape, dtype):
+  """layers.BatchNorm (hand-written training backward) against nn.BatchNorm with the same
+  settings (two-pass variance): the same variables, outputs, running-statistics update and gradients, in both
+  modes; and the gradient of the returned batch statistics themselves."""
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.randn(*shape) * 3 + 1, jnp.float32).astype(dtype)
+  g = jnp.asarray(rng.randn(*shape), jnp.float32)
+  c = shape[-1]
+  flax_bn = lambda train: nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                                       epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
+                                       use_fast_variance=False)
+  mine = lambda train: layers.BatchNorm(use_running_average=not train, dtype=dtype)
+  variables = {'params': {'scale': jnp.linspace(0.5, 2.0, c), 'bias': jnp.linspace(-1, 1, c)},
+               'batch_stats': {'mean': jnp.linspace(-0.2, 0.3, c),
+                               'var': jnp.linspace(0.5, 1.5, c)}}
+  init = lambda m: jax.tree.map(jnp.shape, m.init(jax.random.key(0), x))
+  assert init(mine(True)) == init(flax_bn(True))
+
+  def run(module, variables, x):
+    y, new = module.apply(variables, x, mutable=['batch_stats'])
+    return jnp.sum(y.astype(jnp.float32) * g), (y, new)
+
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  for train in (True, False):
+    (loss_a, (y_a, new_a)), grads_a = jax.value_and_grad(run, (1, 2), has_aux=True)(
+        flax_bn(train), variables, x)
+    (loss_b, (y_b, new_b)), grads_b = jax.value_and_grad(run, (1, 2), has_aux=True)(
+        mine(train), variables, x)
+    assert y_b.dtype == y_a.dtype == dtype
+    np.testing.assert_allclose(np.float32(y_b), np.float32(y_a), atol=tol, rtol=tol)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=tol, rtol=tol),
+                 (new_a, grads_a), (new_b, grads_b))
+  if dtype == jnp.float32:  # d(mean, var)/dx, which autodiff of the statistics would give
+    stats = lambda f: lambda x: f(x, jnp.ones(c), jnp.zeros(c))
+    w = (jnp.arange(c, dtype=jnp.float32), jnp.arange(c, dtype=jnp.float32)[::-1])
+    ref = lambda x, s, b: layers._batch_norm_train_fwd(x, s, b, 1e-5)[0][1:]
+    mine_stats = lambda x, s, b: layers._batch_norm_train(x, s, b, 1e-5)[1:]
+    grad = lambda f: jax.grad(lambda x: sum(jnp.sum(a * b) for a, b in zip(stats(f)(x), w)))(x)
+    np.testing.assert_allclose(grad(mine_stats), grad(ref), atol=1e-5)
 
 
 @pytest.mark.parametrize('size', [7, 8])

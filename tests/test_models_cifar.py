@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from kdjax import taps
+from kdjax import layers, taps
 from kdjax.errors import KdjaxError
 from kdjax.models import MODELS, get_model
 from kdjax.models import cifar_resnet, cifar_resnetv2, mobilenetv2_cifar, shufflenet, vgg, wrn
@@ -211,7 +211,7 @@ def test_batchnorm_and_conv_settings(name, train):
   with nn.intercept_methods(record):
     jax.eval_shape(lambda v, x: model.apply(v, x, train=train, mutable=['batch_stats']),
                    variables, _sds((1, 16, 16, 3)))
-  bns = [m for m in seen if isinstance(m, nn.BatchNorm)]
+  bns = [m for m in seen if isinstance(m, layers.BatchNorm)]
   convs = [m for m in seen if isinstance(m, nn.Conv)]
   assert bns and convs
   for bn in bns:
