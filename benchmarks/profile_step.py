@@ -4,13 +4,17 @@ r"""Times, and optionally profiles, one network's plain train step or forward pa
   python benchmarks/profile_step.py --what=teacher --model=resnet34 [--bf16]
   XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true \
       python benchmarks/profile_step.py --what=student --trace   # + time per kind of XLA thunk
+  python benchmarks/profile_step.py --what=student --convs   # + its convolutions alone
 
 The step is SGD with momentum on softmax cross-entropy (no kdjax trainer around it), batch
 --batch at --image_size, one fixed random batch: what docs/design.md#speed compares across XLA
 options (set them in XLA_FLAGS; `import kdjax` adds kdjax's CPU defaults unless
 KDJAX_XLA_DEFAULTS=0) and code versions. --trace records three steps with the JAX profiler and
 prints, per kind of XLA thunk (fusion names without their numbers), the milliseconds of thread
-time per step, summed over XLA's threads.
+time per step, summed over XLA's threads. --convs times every convolution of the step (forward,
+and in a train step the weight- and input-gradient convolutions autodiff made, each read off the
+step's jaxpr and run alone with its shapes and settings, relayouts included) and prints their
+sum: the images/s the step would reach if everything but its convolutions were free.
 """
 
 import argparse
@@ -24,6 +28,7 @@ import time
 
 import kdjax  # noqa: F401  (its XLA:CPU defaults, before JAX starts)
 import jax
+import jax.extend.core  # noqa: F401  (jaxprs_in_params)
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -40,6 +45,7 @@ def main():
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--bf16', action='store_true', help='bfloat16 compute (teacher)')
   parser.add_argument('--trace', action='store_true')
+  parser.add_argument('--convs', action='store_true', help='time the convolutions alone')
   args = parser.parse_args()
 
   dtype = jnp.bfloat16 if args.bf16 else jnp.float32
@@ -83,6 +89,43 @@ def main():
                     'images_per_s': args.batch / seconds}))
   if args.trace:
     print_thunk_times(one)
+  if args.convs:
+    fn, fn_args = ((lambda v: model.apply(v, x, train=False)), (variables,)) \
+        if args.what == 'teacher' else (train_step.__wrapped__, (state[0],))
+    ms = conv_milliseconds(jax.make_jaxpr(fn)(*fn_args).jaxpr, args.steps)
+    print(json.dumps({'convolutions': len(ms), 'conv_ms': sum(ms),
+                      'images_per_s_if_only_convs': args.batch / (sum(ms) / 1e3)}))
+
+
+def conv_milliseconds(jaxpr, steps):
+  """Milliseconds of each conv_general_dilated in `jaxpr` (and the jaxprs it calls), each
+  compiled alone and run on random operands of its shapes."""
+  found = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == 'conv_general_dilated':
+        found.append(eqn)
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        walk(sub)
+  walk(jaxpr)
+  rng, cache, out = np.random.RandomState(0), {}, []
+  for eqn in found:
+    lhs, rhs = (v.aval for v in eqn.invars)
+    key = (lhs.shape, rhs.shape, str(sorted(eqn.params.items(), key=lambda kv: kv[0])))
+    if key not in cache:
+      conv = jax.jit(lambda a, b, p=eqn.params: jax.lax.conv_general_dilated_p.bind(a, b, **p))
+      a = jnp.asarray(rng.randn(*lhs.shape), lhs.dtype)
+      b = jnp.asarray(rng.randn(*rhs.shape), rhs.dtype)
+      for _ in range(2):
+        jax.block_until_ready(conv(a, b))
+      start = time.perf_counter()
+      for _ in range(steps):
+        r = conv(a, b)
+      jax.block_until_ready(r)
+      cache[key] = (time.perf_counter() - start) / steps * 1e3
+    out.append(cache[key])
+  return out
 
 
 def print_thunk_times(fn, steps=3):

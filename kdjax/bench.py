@@ -301,7 +301,7 @@ def format_table(results) -> str:
                      + ('; PyTorch runs its teacher online)' if torch else ')'))
   if 'input_reader' in results:
     lines.append(f"  input reader                {results['input_reader']:>10s}")
-  if 'distill_over_sum' in results:
+  if 'distill_over_sum' in results and results.get('teacher_outputs') != 'cache':
     lines.append(f"  distill / (student + teacher) {results['distill_over_sum']:>8.2f}")
   if 'other_load' in results:
     busy = results['other_load'] > BUSY_CORES
