@@ -388,14 +388,21 @@ def test_max_pool_equals_flax_and_routes_ties_to_the_first_maximum(shape, window
   np.testing.assert_allclose(jax.vjp(mine, x)[1](g)[0], jax.vjp(native, x)[1](g)[0], atol=1e-6)
 
 
-@pytest.mark.parametrize('shape, dtype', [
-    ((4, 5, 6, 8), jnp.float32),   # NHWC maps
-    ((6, 12), jnp.float32),        # BatchNorm1d
-    ((4, 3, 3, 8), jnp.bfloat16)])  # bf16 compute: statistics still in float32
-def test_batch_norm_equals_flax_in_values_statistics_and_gradients(shape, dtype):
+@pytest.mark.parametrize('shape, dtype, backend', [
+    ((4, 5, 6, 8), jnp.float32, 'cpu'),    # NHWC maps
+    ((6, 12), jnp.float32, 'cpu'),         # BatchNorm1d
+    ((4, 3, 3, 8), jnp.bfloat16, 'cpu'),   # bf16 compute: statistics still in float32
+    # The plain sums GPUs and TPUs take (shapes of their own: JAX caches traces by shape).
+    ((3, 5, 6, 8), jnp.float32, 'gpu'),
+    ((2, 3, 3, 8), jnp.bfloat16, 'tpu')])
+def test_batch_norm_equals_flax_in_values_statistics_and_gradients(shape, dtype, backend,
+                                                                   monkeypatch):
   """layers.BatchNorm (hand-written training backward) against nn.BatchNorm with the same
-  settings (two-pass variance): the same variables, outputs, running-statistics update and gradients, in both
-  modes; and the gradient of the returned batch statistics themselves."""
+  settings (two-pass variance): the same variables, outputs, running-statistics update and
+  gradients, in both modes; and the gradient of the returned batch statistics themselves. The
+  per-channel sums are products with ones on CPU and plain sums elsewhere: both paths run here
+  (on the CPU, with the backend's name faked)."""
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
   rng = np.random.RandomState(0)
   x = jnp.asarray(rng.randn(*shape) * 3 + 1, jnp.float32).astype(dtype)
   g = jnp.asarray(rng.randn(*shape), jnp.float32)
