@@ -157,24 +157,23 @@ def max_pool(x, window, stride, padding):
 
 def _max_pool_taps(x, window, stride, padding):
   """The window's window**2 offsets (row-major) as strided slices of the -inf-padded input:
-  [(i, j, tap [B, Ho, Wo, C])], tap[b, r, s] = padded x[b, i + r stride, j + s stride]."""
+  [tap [B, Ho, Wo, C]], tap[b, r, s] = padded x[b, i + r stride, j + s stride] for offset (i, j)."""
   b, h, w, c = x.shape
   ho = (h + 2 * padding - window) // stride + 1
   wo = (w + 2 * padding - window) // stride + 1
   xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
                constant_values=-jnp.inf)
-  return [(i, j, jax.lax.slice(xp, (0, i, j, 0), (b, i + (ho - 1) * stride + 1,
-                                                  j + (wo - 1) * stride + 1, c),
-                               (1, stride, stride, 1)))
-          for i in range(window) for j in range(window)], xp.shape
+  return [jax.lax.slice(xp, (0, i, j, 0), (b, i + (ho - 1) * stride + 1,
+                                           j + (wo - 1) * stride + 1, c), (1, stride, stride, 1))
+          for i in range(window) for j in range(window)]
 
 
 def _max_pool_with_index(x, window, stride, padding):
   """(the pool, the row-major offset of each window's first maximum as int8)."""
-  taps, _ = _max_pool_taps(x, window, stride, padding)
-  y = taps[0][2]
+  taps = _max_pool_taps(x, window, stride, padding)
+  y = taps[0]
   first = jnp.zeros(y.shape, jnp.int8)
-  for k, (_, _, tap) in enumerate(taps[1:], 1):
+  for k, tap in enumerate(taps[1:], 1):
     first = jnp.where(tap > y, jnp.int8(k), first)  # strictly greater: ties keep the first
     y = jnp.maximum(y, tap)  # (propagates NaN, as PyTorch's pool does)
   return y, first
@@ -223,9 +222,9 @@ class BatchNorm(nn.Module):
   NHWC data ran at a fifth of an elementwise pass on this project's CPU). Here training mode is
   one function with a custom VJP: forward = the sums of x and (x - mean)**2, then one
   normalising pass; backward = the sums of g and g * x_hat, then one pass for dx. On CPU each sum
-  is a matrix-vector product with a vector of ones (float32, full precision); elsewhere a plain
-  sum.
-  Inference mode is Flax's arithmetic, unchanged.
+  is a batched product with a vector of ones, per example, then over the batch (float32, full
+  precision; `_channel_sum`); elsewhere a plain sum. Inference mode is Flax's arithmetic,
+  unchanged.
   """
 
   use_running_average: bool
